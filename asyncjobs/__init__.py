@@ -1,0 +1,64 @@
+"""asyncjobs: an asyncio-native background-job runtime on arq, Redis and PostgreSQL.
+
+Define jobs with :func:`job`, enqueue them with :func:`enqueue` from async code,
+and run workers with ``arq asyncjobs.WorkerSettings``.
+"""
+
+from __future__ import annotations
+
+from .app import App, enqueue, get_app, reset_app, set_app
+from .exceptions import (
+    AsyncJobsError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    DuplicateJobError,
+    EnqueueError,
+    InvalidOptionError,
+    JobArgumentsError,
+    JobDefinitionError,
+    JobSerializationError,
+    MigrationError,
+    RedisUnavailableError,
+    ServiceUnavailableError,
+    UnknownJobError,
+    UnknownOptionError,
+)
+from .jobs import JobSpec, Registry, job
+from .logs import configure_logging
+from .middleware import EnqueueRequest, ExecutionRequest, Middleware
+from .naming import flag_name, snake_case
+from .settings import Settings
+from .worker import WorkerSettings
+
+__all__ = [
+    "App",
+    "AsyncJobsError",
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "DuplicateJobError",
+    "EnqueueError",
+    "EnqueueRequest",
+    "ExecutionRequest",
+    "InvalidOptionError",
+    "JobArgumentsError",
+    "JobDefinitionError",
+    "JobSerializationError",
+    "JobSpec",
+    "Middleware",
+    "MigrationError",
+    "RedisUnavailableError",
+    "Registry",
+    "ServiceUnavailableError",
+    "Settings",
+    "UnknownJobError",
+    "UnknownOptionError",
+    "WorkerSettings",
+    "configure_logging",
+    "enqueue",
+    "flag_name",
+    "get_app",
+    "job",
+    "reset_app",
+    "set_app",
+    "snake_case",
+]

@@ -1,0 +1,5 @@
+"""``python -m asyncjobs`` runs the CLI."""
+
+from asyncjobs.cli import main
+
+main()

@@ -1,0 +1,187 @@
+"""The App: configuration, the Redis and PostgreSQL pools, the registry and middleware.
+
+An App opens its pools lazily on first use and closes them with :meth:`App.close`
+or ``async with``. Plug it into a web framework's lifespan::
+
+    app = asyncjobs.App()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        async with app:
+            yield
+
+The module-level functions (``asyncjobs.enqueue`` ...) use one default App,
+built from :meth:`Settings.from_env` on first use; :func:`set_app` replaces it
+and :func:`reset_app` forgets it (for tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+import structlog
+from arq.connections import ArqRedis
+from arq.jobs import Job
+from redis.asyncio import ConnectionPool
+
+from . import logs
+from .enqueue import split_options, write_job
+from .exceptions import DatabaseUnavailableError
+from .jobs import Registry, default_registry
+from .middleware import EnqueueRequest, ExecutionRequest, Handler, Middleware, compose
+from .serializer import deserialize, serialize
+from .settings import Settings, redact
+
+_log = structlog.get_logger("asyncjobs.app")
+
+
+class App:
+    """Owns the pools, the registry and the middleware chains.
+
+    ``settings`` defaults to :meth:`Settings.from_env`; ``registry`` to the one
+    ``@job`` fills. ``client_middleware`` wraps every enqueue and
+    ``server_middleware`` every execution in a worker, first = outermost.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        registry: Registry | None = None,
+        client_middleware: Sequence[Middleware[EnqueueRequest]] = (),
+        server_middleware: Sequence[Middleware[ExecutionRequest]] = (),
+    ) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        logs.configure_logging(self.settings.log_format, self.settings.log_level)
+        self.registry = registry if registry is not None else default_registry
+        self.client_middleware = list(client_middleware)
+        self.server_middleware = list(server_middleware)
+        self._redis: ArqRedis | None = None
+        self._db: asyncpg.Pool | None = None
+        self._db_lock = asyncio.Lock()
+        self._client_chain: Handler[EnqueueRequest] | None = None
+
+    async def __aenter__(self) -> App:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def redis(self) -> ArqRedis:
+        """The Redis client for enqueueing (connects on first command).
+
+        Its connect and read timeouts are ``settings.redis_timeout``, so a dead
+        Redis fails an enqueue quickly instead of hanging a web handler.
+        """
+        if self._redis is None:
+            url = self.settings.require_redis_url()
+            timeout = self.settings.redis_timeout
+            pool = ConnectionPool.from_url(
+                url, socket_connect_timeout=timeout, socket_timeout=timeout
+            )
+            self._redis = ArqRedis(
+                pool,
+                job_serializer=serialize,
+                job_deserializer=deserialize,
+                default_queue_name=self.settings.queue_name,
+            )
+        return self._redis
+
+    async def db(self) -> asyncpg.Pool:
+        """The asyncpg pool, created on first use.
+
+        Raises :class:`DatabaseUnavailableError` if PostgreSQL cannot be reached
+        within ``settings.database_timeout``; the next call tries again.
+        """
+        if self._db is not None:
+            return self._db
+        async with self._db_lock:
+            if self._db is None:
+                url = self.settings.require_database_url()
+                try:
+                    self._db = await asyncpg.create_pool(
+                        url,
+                        min_size=0,
+                        max_size=10,
+                        timeout=self.settings.database_timeout,
+                        command_timeout=max(self.settings.database_timeout, 30.0),
+                    )
+                except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                    _log.warning(logs.DATABASE_UNAVAILABLE, error=str(exc), url=redact(url))
+                    raise DatabaseUnavailableError(
+                        f"PostgreSQL at {redact(url)} is unreachable ({type(exc).__name__}: "
+                        f"{exc}). Check ASYNCJOBS_DATABASE_URL and that PostgreSQL is running."
+                    ) from exc
+        return self._db
+
+    async def enqueue(self, job: Any, /, *args: Any, **kwargs: Any) -> Job | None:
+        """Enqueue ``job`` (a decorated job or its name) with ``args`` and ``kwargs``.
+
+        Keyword arguments starting with ``_`` are arq's options: ``_job_id``,
+        ``_queue_name``, ``_defer_by``, ``_defer_until``, ``_expires``, ``_job_try``.
+        Returns arq's :class:`~arq.jobs.Job`, or ``None`` when a client middleware
+        rejected the job or a job with the same ``_job_id`` exists. Raises an
+        :class:`EnqueueError` subclass for a call that cannot be right (nothing is
+        written) and :class:`RedisUnavailableError` when Redis is unreachable.
+        """
+        spec = self.registry.resolve(job)
+        job_kwargs, options = split_options(spec, args, kwargs)
+        chain = self._client_chain
+        if chain is None:
+            chain = self._client_chain = compose(self.client_middleware, write_job)
+        result: Job | None = await chain(EnqueueRequest(self, spec, args, job_kwargs, options))
+        return result
+
+    async def migrate(self) -> list[str]:
+        """Apply the runtime's pending schema migrations; returns the names applied."""
+        from .schema import migrate
+
+        pool = await self.db()
+        async with pool.acquire() as conn:
+            return await migrate(conn)
+
+    async def close(self) -> None:
+        """Close both pools. The App can be used again afterwards (it reconnects)."""
+        redis, self._redis = self._redis, None
+        db, self._db = self._db, None
+        if redis is not None:
+            await redis.aclose(close_connection_pool=True)
+        if db is not None:
+            await db.close()
+
+
+_default_app: App | None = None
+
+
+def get_app() -> App:
+    """The default App, built from the environment on first use."""
+    global _default_app
+    if _default_app is None:
+        _default_app = App()
+    return _default_app
+
+
+def set_app(app: App | None) -> App | None:
+    """Make ``app`` the default App; returns the previous one (not closed)."""
+    global _default_app
+    previous, _default_app = _default_app, app
+    return previous
+
+
+def reset_app() -> None:
+    """Forget the default App, so the next use builds it anew (for tests)."""
+    set_app(None)
+
+
+async def enqueue(job: Any, /, *args: Any, **kwargs: Any) -> Job | None:
+    """:meth:`App.enqueue` on the default App."""
+    return await get_app().enqueue(job, *args, **kwargs)

@@ -1,0 +1,197 @@
+"""Enqueue: option checking, the client-middleware chain's innermost step, the Redis write.
+
+The write keeps arq's job format exactly (``arq:job:<id>`` holding the JSON
+payload with arq's TTL rule, and the id in the queue's sorted set scored by
+the time it may run), so arq's unmodified worker runs what asyncjobs enqueues.
+A ``_job_id`` is refused while a job or a result with that id exists, as in
+arq: ``enqueue()`` then returns ``None``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import json
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
+
+import structlog
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import Job
+from arq.utils import timestamp_ms, to_unix_ms
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
+
+from . import logs
+from .exceptions import (
+    InvalidOptionError,
+    JobArgumentsError,
+    JobSerializationError,
+    RedisUnavailableError,
+    UnknownOptionError,
+)
+from .serializer import deserialize
+
+if TYPE_CHECKING:
+    from .jobs import JobSpec
+    from .middleware import EnqueueRequest
+
+ENQUEUE_OPTIONS = frozenset(
+    {"_job_id", "_queue_name", "_defer_until", "_defer_by", "_expires", "_job_try"}
+)
+"""The keyword options ``enqueue()`` takes, as arq's ``enqueue_job`` names them."""
+
+EXPIRES_EXTRA_MS = 86_400_000
+"""arq's default: a job not started within a day of its run time expires."""
+
+_log = structlog.get_logger("asyncjobs.enqueue")
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def split_options(
+    spec: JobSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate the job's keyword arguments from enqueue's ``_options`` and check both.
+
+    Raises :class:`UnknownOptionError` for an ``_option`` enqueue does not know,
+    :class:`InvalidOptionError` for a bad value and :class:`JobArgumentsError`
+    when the arguments do not fit the job's signature.
+    """
+    options: dict[str, Any] = {}
+    job_kwargs = kwargs
+    if any(key[:1] == "_" for key in kwargs):
+        job_kwargs = {}
+        for key, value in kwargs.items():
+            if key[:1] != "_":
+                job_kwargs[key] = value
+            elif key in ENQUEUE_OPTIONS:
+                if value is not None:
+                    options[key] = value
+            else:
+                raise UnknownOptionError(_unknown_option_message(spec.name, key))
+        _check_options(spec.name, options)
+    try:
+        spec.bind(args, job_kwargs)
+    except TypeError as exc:
+        raise JobArgumentsError(
+            f"arguments do not fit job {spec.name!r}{spec.signature}: {exc}"
+        ) from None
+    return job_kwargs, options
+
+
+def _unknown_option_message(job_name: str, key: str) -> str:
+    close = difflib.get_close_matches(key, ENQUEUE_OPTIONS, n=2, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(map(repr, sorted(close)))}?" if close else ""
+    return (
+        f"enqueue({job_name!r}) got unknown option {key!r}.{hint} "
+        f"Options are {', '.join(sorted(ENQUEUE_OPTIONS))}; job parameters may not start with '_'."
+    )
+
+
+def _seconds(name: str, value: Any, *, allow_zero: bool) -> float:
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise InvalidOptionError(f"{name} must be seconds or a timedelta, not {value!r}")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise InvalidOptionError(f"{name} must be {'0 or more' if allow_zero else 'positive'}")
+    return seconds
+
+
+def _check_options(job_name: str, options: dict[str, Any]) -> None:
+    if "_defer_by" in options and "_defer_until" in options:
+        raise InvalidOptionError(f"enqueue({job_name!r}): use _defer_by or _defer_until, not both")
+    if "_defer_by" in options:
+        _seconds("_defer_by", options["_defer_by"], allow_zero=True)
+    if "_expires" in options:
+        _seconds("_expires", options["_expires"], allow_zero=False)
+    if "_defer_until" in options and not isinstance(options["_defer_until"], datetime):
+        raise InvalidOptionError(f"_defer_until must be a datetime, not {options['_defer_until']!r}")
+    for key in ("_job_id", "_queue_name"):
+        if key in options and (not isinstance(options[key], str) or not options[key]):
+            raise InvalidOptionError(f"{key} must be a non-empty string, not {options[key]!r}")
+    job_try = options.get("_job_try")
+    if job_try is not None and (not isinstance(job_try, int) or job_try < 1):
+        raise InvalidOptionError(f"_job_try must be a whole number from 1, not {job_try!r}")
+
+
+def serialize_job(
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any], job_try: int | None, now_ms: int
+) -> bytes:
+    """arq's job payload as JSON, or :class:`JobSerializationError` naming the bad argument."""
+    try:
+        return _encode({"t": job_try, "f": name, "a": args, "k": kwargs, "et": now_ms}).encode()
+    except (TypeError, ValueError) as exc:
+        raise JobSerializationError(_serialization_message(name, args, kwargs, exc)) from exc
+
+
+def _serialization_message(
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
+) -> str:
+    where = "an argument"
+    labelled = [(f"argument {i + 1}", v) for i, v in enumerate(args)]
+    labelled += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in labelled:
+        try:
+            _encode(value)
+        except (TypeError, ValueError):
+            where = f"{label} ({type(value).__name__})"
+            break
+    return (
+        f"cannot enqueue {name!r}: {where} cannot be written as JSON ({exc}). Pass str, int, "
+        "float, bool, None, list or dict, e.g. an id instead of an object, "
+        "datetime.isoformat() instead of a datetime."
+    )
+
+
+async def write_job(request: EnqueueRequest) -> Job | None:
+    """The innermost step of the client chain: write the job to Redis in arq's format."""
+    app = request.app
+    options = request.options
+    name = request.spec.name
+    queue = options.get("_queue_name") or request.spec.queue or app.settings.queue_name
+    job_id = options.get("_job_id") or uuid4().hex
+    now_ms = timestamp_ms()
+    defer_until = options.get("_defer_until")
+    if defer_until is not None:
+        score = to_unix_ms(defer_until)
+    elif "_defer_by" in options:
+        score = now_ms + round(_seconds("_defer_by", options["_defer_by"], allow_zero=True) * 1000)
+    else:
+        score = now_ms
+    if "_expires" in options:
+        expires_ms = round(_seconds("_expires", options["_expires"], allow_zero=False) * 1000)
+    else:
+        expires_ms = score - now_ms + EXPIRES_EXTRA_MS
+    payload = serialize_job(name, request.args, request.kwargs, options.get("_job_try"), now_ms)
+
+    redis = await app.redis()
+    job_key = job_key_prefix + job_id
+    try:
+        async with asyncio.timeout(app.settings.redis_timeout):
+            async with redis.pipeline(transaction=True) as pipe:
+                await pipe.watch(job_key)
+                if await pipe.exists(job_key, result_key_prefix + job_id):
+                    await pipe.reset()
+                    _log.info(logs.JOB_REJECTED, job=name, job_id=job_id, reason="duplicate_id")
+                    return None
+                pipe.multi()
+                pipe.psetex(job_key, expires_ms, payload)
+                pipe.zadd(queue, {job_id: score})
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    _log.info(logs.JOB_REJECTED, job=name, job_id=job_id, reason="duplicate_id")
+                    return None
+    except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+        raise RedisUnavailableError(
+            f"Redis is unreachable ({type(exc).__name__}: {exc or 'timed out'} after at most "
+            f"{app.settings.redis_timeout}s); job {name!r} was not enqueued. "
+            "Check ASYNCJOBS_REDIS_URL and that Redis is running."
+        ) from exc
+    _log.debug(logs.JOB_ENQUEUED, job=name, job_id=job_id, queue=queue)
+    return Job(job_id, redis=redis, _queue_name=queue, _deserializer=deserialize)

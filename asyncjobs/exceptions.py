@@ -1,0 +1,84 @@
+"""Errors raised by asyncjobs.
+
+Every error has one root, so ``except AsyncJobsError`` catches them all::
+
+    AsyncJobsError
+    ├── ConfigurationError          a setting is missing or malformed
+    ├── JobDefinitionError          ``@job`` was used on something it cannot run
+    │   └── DuplicateJobError       two different jobs claim one job name
+    ├── EnqueueError                ``enqueue()`` was called wrongly; nothing was written
+    │   ├── UnknownJobError         no registered job has that name
+    │   ├── UnknownOptionError      an ``_option`` that enqueue does not know (a typo)
+    │   ├── InvalidOptionError      a known option with a value it cannot take
+    │   ├── JobArgumentsError       the arguments do not fit the job's signature
+    │   └── JobSerializationError   an argument cannot be written as JSON
+    ├── ServiceUnavailableError     a server could not be reached in time
+    │   ├── RedisUnavailableError
+    │   └── DatabaseUnavailableError
+    └── MigrationError              the runtime's schema could not be applied
+
+A class's docstring is its default message. Errors from redis-py and asyncpg
+are translated at the boundary (``raise ... from exc``), so the driver's own
+error stays available as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+
+class AsyncJobsError(Exception):
+    """asyncjobs failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigurationError(AsyncJobsError):
+    """A setting is missing or malformed; see `asyncjobs --help` for the variables."""
+
+
+class JobDefinitionError(AsyncJobsError):
+    """@job was applied to something asyncjobs cannot run."""
+
+
+class DuplicateJobError(JobDefinitionError):
+    """Two different jobs are registered under one job name; rename one with @job(name=...)."""
+
+
+class EnqueueError(AsyncJobsError):
+    """The job was not enqueued because the call was wrong; nothing was written to Redis."""
+
+
+class UnknownJobError(EnqueueError):
+    """No registered job has this name; import the module that defines it, or check the spelling."""
+
+
+class UnknownOptionError(EnqueueError):
+    """enqueue() got an option it does not know; job parameters may not start with '_'."""
+
+
+class InvalidOptionError(EnqueueError):
+    """An enqueue option has a value it cannot take."""
+
+
+class JobArgumentsError(EnqueueError):
+    """The arguments do not match the job's signature."""
+
+
+class JobSerializationError(EnqueueError):
+    """An argument cannot be serialized to JSON; pass str, int, float, bool, None, list or dict."""
+
+
+class ServiceUnavailableError(AsyncJobsError):
+    """A server asyncjobs depends on could not be reached in time."""
+
+
+class RedisUnavailableError(ServiceUnavailableError):
+    """Redis could not be reached in time; the job was not enqueued."""
+
+
+class DatabaseUnavailableError(ServiceUnavailableError):
+    """PostgreSQL could not be reached in time."""
+
+
+class MigrationError(AsyncJobsError):
+    """The asyncjobs schema could not be applied to the database."""

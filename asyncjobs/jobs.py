@@ -1,0 +1,252 @@
+"""The ``@job`` decorator, :class:`JobSpec` and the registry of jobs by name."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar, overload
+
+from .exceptions import DuplicateJobError, JobDefinitionError, UnknownJobError
+from .naming import is_valid_job_name, snake_case
+
+T = TypeVar("T")
+SPEC_ATTRIBUTE = "__asyncjobs_job__"
+
+Seconds = float | int | timedelta
+
+
+def to_seconds(value: Seconds | None, what: str) -> float | None:
+    """Seconds from a number or a timedelta; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise JobDefinitionError(f"{what} must be seconds or a timedelta, not {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class JobSpec:
+    """What asyncjobs knows about one job: its name, how to call it, and its options.
+
+    ``target`` is what ``@job`` decorated: an ``async def f(ctx, ...)`` function,
+    or a class whose async ``perform(self, ...)`` runs the job on a fresh instance
+    (the arq context is then ``self.ctx``). ``signature`` is the job's parameters
+    without ``ctx``/``self``, used to check arguments at enqueue time.
+    """
+
+    name: str
+    target: Any
+    queue: str | None = None
+    timeout: float | None = None
+    keep_result: float | None = None
+    signature: inspect.Signature = field(default=inspect.Signature())
+    is_class: bool = False
+
+    @property
+    def origin(self) -> str:
+        """``module.qualname`` of the decorated object, for messages."""
+        return f"{self.target.__module__}.{self.target.__qualname__}"
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise ``TypeError`` if the arguments do not fit the job's signature."""
+        self.signature.bind(*args, **kwargs)
+
+    async def invoke(self, ctx: dict[str, Any], args: Any, kwargs: dict[str, Any]) -> Any:
+        """Run the job itself (no middleware, no instrumentation)."""
+        if self.is_class:
+            instance = self.target()
+            instance.ctx = ctx
+            return await instance.perform(*args, **kwargs)
+        return await self.target(ctx, *args, **kwargs)
+
+
+def _signature_without_first(fn: Callable[..., Any], origin: str, first: str) -> inspect.Signature:
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())
+    if not params or params[0].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        raise JobDefinitionError(
+            f"{origin} must take {first!r} as its first positional parameter"
+        )
+    rest = params[1:]
+    for p in rest:
+        if p.name.startswith("_"):
+            raise JobDefinitionError(
+                f"{origin} has parameter {p.name!r}: job parameters may not start with '_', "
+                "which enqueue() reserves for its options (_job_id, _defer_by, ...)"
+            )
+    return sig.replace(parameters=rest)
+
+
+def build_spec(
+    target: Any,
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    timeout: Seconds | None = None,
+    keep_result: Seconds | None = None,
+) -> JobSpec:
+    """Validate ``target`` and build its :class:`JobSpec` (does not register it)."""
+    origin = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', target)}"
+    if inspect.isclass(target):
+        perform = getattr(target, "perform", None)
+        if perform is None or not inspect.iscoroutinefunction(perform):
+            raise JobDefinitionError(f"{origin} must define 'async def perform(self, ...)'")
+        try:
+            inspect.signature(target).bind()
+        except TypeError:
+            raise JobDefinitionError(
+                f"{origin} must be constructible without arguments; pass data to perform()"
+            ) from None
+        signature = _signature_without_first(perform, origin + ".perform", "self")
+        is_class = True
+    elif inspect.iscoroutinefunction(target):
+        signature = _signature_without_first(target, origin, "ctx")
+        is_class = False
+    else:
+        raise JobDefinitionError(
+            f"{origin} is not a job: use @job on an 'async def f(ctx, ...)' function "
+            "or a class with 'async def perform(self, ...)'"
+        )
+    job_name = name if name is not None else snake_case(target.__name__)
+    if not is_valid_job_name(job_name):
+        raise JobDefinitionError(
+            f"job name {job_name!r} of {origin} is not valid: use lower-case letters, digits "
+            "and underscores, starting with a letter (at most 120 characters)"
+        )
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise JobDefinitionError(f"queue of {origin} must be a non-empty string")
+    return JobSpec(
+        name=job_name,
+        target=target,
+        queue=queue,
+        timeout=to_seconds(timeout, f"timeout of {origin}"),
+        keep_result=to_seconds(keep_result, f"keep_result of {origin}"),
+        signature=signature,
+        is_class=is_class,
+    )
+
+
+class Registry:
+    """Jobs by name. Registering a second, different job under a taken name is an error."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, JobSpec] = {}
+
+    def add(self, spec: JobSpec) -> JobSpec:
+        """Register ``spec``; re-registering the same definition (a re-import) replaces it."""
+        existing = self._jobs.get(spec.name)
+        if existing is not None and existing.origin != spec.origin:
+            raise DuplicateJobError(
+                f"job name {spec.name!r} is taken by {existing.origin}; {spec.origin} cannot "
+                f"use it too. Rename one of them with @job(name='...')"
+            )
+        self._jobs[spec.name] = spec
+        return spec
+
+    def get(self, name: str) -> JobSpec:
+        """The job named ``name``, or :class:`UnknownJobError` listing close matches."""
+        try:
+            return self._jobs[name]
+        except KeyError:
+            raise UnknownJobError(self._unknown_message(name)) from None
+
+    def _unknown_message(self, name: str) -> str:
+        import difflib
+
+        close = difflib.get_close_matches(name, self._jobs, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        known = ", ".join(sorted(self._jobs)) or "none"
+        return (
+            f"no job named {name!r} is registered.{hint} Registered jobs: {known}. "
+            "Import the module that defines it (the worker imports ASYNCJOBS_IMPORTS)."
+        )
+
+    def resolve(self, job: Any) -> JobSpec:
+        """A spec from a job name, a decorated function or class, or a spec."""
+        if isinstance(job, str):
+            return self.get(job)
+        if isinstance(job, JobSpec):
+            return job
+        spec = getattr(job, SPEC_ATTRIBUTE, None)
+        if isinstance(spec, JobSpec):
+            return spec
+        raise UnknownJobError(
+            f"{job!r} is not a job: decorate it with @asyncjobs.job, or pass a job name"
+        )
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._jobs
+
+    def __iter__(self) -> Iterator[JobSpec]:
+        return iter(sorted(self._jobs.values(), key=lambda s: s.name))
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def names(self) -> frozenset[str]:
+        """The registered job names."""
+        return frozenset(self._jobs)
+
+    def remove(self, name: str) -> None:
+        """Forget a job (for tests)."""
+        self._jobs.pop(name, None)
+
+
+JOB_OPTIONS = frozenset({"name", "queue", "timeout", "keep_result"})
+
+default_registry = Registry()
+"""The registry ``@job`` adds to unless given ``registry=``."""
+
+AsyncJobFunction = Callable[..., Awaitable[Any]]
+
+
+@overload
+def job(target: T, /) -> T: ...
+
+
+@overload
+def job(
+    *,
+    name: str | None = None,
+    queue: str | None = None,
+    timeout: Seconds | None = None,
+    keep_result: Seconds | None = None,
+    registry: Registry | None = None,
+) -> Callable[[T], T]: ...
+
+
+def job(target: Any = None, /, *, registry: Registry | None = None, **options: Any) -> Any:
+    """Register an async function or a class with an async ``perform`` as a job.
+
+    Use it bare (``@job``) or with options (``@job(queue="urgent", timeout=30)``):
+    ``name`` (default: the snake_case of the function or class name, so
+    ``InvoiceJob`` and ``invoice_job`` both name ``invoice_job``), ``queue``,
+    ``timeout`` and ``keep_result`` (seconds or ``timedelta``). The decorated
+    object is returned unchanged, so it can still be called directly in tests.
+    Raises :class:`JobDefinitionError` for something that cannot be a job and
+    :class:`DuplicateJobError` for a taken name.
+    """
+
+    unknown = set(options) - JOB_OPTIONS
+    if unknown:
+        raise JobDefinitionError(
+            f"@job got unknown option(s) {', '.join(sorted(unknown))}; "
+            f"it takes {', '.join(sorted(JOB_OPTIONS))}"
+        )
+
+    def decorate(obj: Any) -> Any:
+        spec = build_spec(obj, **options)
+        (registry or default_registry).add(spec)
+        setattr(obj, SPEC_ATTRIBUTE, spec)
+        return obj
+
+    if target is not None:
+        return decorate(target)
+    return decorate

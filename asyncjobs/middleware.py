@@ -1,0 +1,85 @@
+"""Middleware: an onion of ``async def mw(request, call_next)``, composed once.
+
+Client middleware wraps every enqueue and gets an :class:`EnqueueRequest`;
+returning without awaiting ``call_next(request)`` rejects the enqueue, and
+``enqueue()`` returns ``None`` (return ``None`` to do so). Server middleware
+wraps every job execution in the worker and gets an :class:`ExecutionRequest`;
+what it returns is the job's result, and what it raises is the job's failure.
+
+The first middleware in a list is the outermost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from .app import App
+    from .jobs import JobSpec
+
+R = TypeVar("R")
+Handler = Callable[[R], Awaitable[Any]]
+Middleware = Callable[[R, Handler[R]], Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class EnqueueRequest:
+    """One enqueue on its way to Redis. Middleware may change ``options``."""
+
+    app: App
+    spec: JobSpec
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+
+    @property
+    def job_name(self) -> str:
+        """The job's registered name."""
+        return self.spec.name
+
+
+@dataclass(slots=True)
+class ExecutionRequest:
+    """One execution of a job inside a worker; ``ctx`` is arq's job context."""
+
+    app: App
+    spec: JobSpec
+    ctx: dict[str, Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    @property
+    def job_name(self) -> str:
+        """The job's registered name."""
+        return self.spec.name
+
+    @property
+    def job_id(self) -> str:
+        """arq's job id."""
+        return str(self.ctx.get("job_id", ""))
+
+    @property
+    def job_try(self) -> int:
+        """Which try this is, from 1."""
+        return int(self.ctx.get("job_try", 1))
+
+
+class _Layer(Generic[R]):
+    __slots__ = ("_middleware", "_next")
+
+    def __init__(self, middleware: Middleware[R], call_next: Handler[R]) -> None:
+        self._middleware = middleware
+        self._next = call_next
+
+    def __call__(self, request: R) -> Awaitable[Any]:
+        return self._middleware(request, self._next)
+
+
+def compose(middlewares: Sequence[Middleware[R]], handler: Handler[R]) -> Handler[R]:
+    """One callable that runs ``middlewares`` (first = outermost) around ``handler``."""
+    call: Handler[R] = handler
+    for middleware in reversed(middlewares):
+        call = _Layer(middleware, call)
+    return call

@@ -1,0 +1,26 @@
+"""Names derived by convention: job names, flag names, stable lock keys."""
+
+from __future__ import annotations
+
+import re
+
+_VALID_JOB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,119}$")
+_CAMEL_BOUNDARY_1 = re.compile(r"(.)([A-Z][a-z]+)")
+_CAMEL_BOUNDARY_2 = re.compile(r"([a-z0-9])([A-Z])")
+
+
+def snake_case(name: str) -> str:
+    """``InvoiceJob`` → ``invoice_job``; ``HTTPRetryJob`` → ``http_retry_job``; snake stays snake."""
+    s = _CAMEL_BOUNDARY_1.sub(r"\1_\2", name)
+    s = _CAMEL_BOUNDARY_2.sub(r"\1_\2", s)
+    return re.sub(r"_+", "_", s.replace("-", "_")).lower()
+
+
+def is_valid_job_name(name: str) -> bool:
+    """Lower-case letters, digits and underscores, starting with a letter, at most 120 long."""
+    return bool(_VALID_JOB_NAME.match(name))
+
+
+def flag_name(job_name: str) -> str:
+    """The kill-switch flag for a job: ``invoice_job`` → ``disable_invoice_job``."""
+    return "disable_" + snake_case(job_name)

@@ -1,0 +1,69 @@
+"""JSON payloads for arq, both ways. Never pickle.
+
+Job payloads are strict JSON: an argument JSON cannot represent is an error at
+enqueue time. Result payloads are lenient (an exception or an odd return value
+is recorded as text), because by then the job has run and its outcome must be
+stored, not lost to a serialization error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection
+from typing import Any
+
+import structlog
+
+from . import logs
+
+_encode_strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _lenient_default(value: Any) -> Any:
+    if isinstance(value, BaseException):
+        return {"error": type(value).__name__, "message": str(value)}
+    return repr(value)
+
+
+_encode_lenient = json.JSONEncoder(
+    separators=(",", ":"), allow_nan=False, default=_lenient_default
+).encode
+
+
+def serialize(data: dict[str, Any]) -> bytes:
+    """arq's ``job_serializer``: job payloads strictly, results leniently."""
+    if "s" in data:  # a result record: it has a success flag; job payloads do not
+        return _encode_lenient(data).encode()
+    return _encode_strict(data).encode()
+
+
+def deserialize(raw: bytes) -> dict[str, Any]:
+    """arq's ``job_deserializer`` for clients: plain JSON."""
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError(f"payload is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def worker_deserializer(known_jobs: Collection[str]) -> Callable[[bytes], dict[str, Any]]:
+    """A deserializer that logs and rejects payloads the worker cannot run.
+
+    arq catches the exception, records the job as failed and removes it from the
+    queue; the worker goes on. The ``job.dropped`` event says why.
+    """
+    log = structlog.get_logger("asyncjobs.worker")
+
+    def _deserialize(raw: bytes) -> dict[str, Any]:
+        try:
+            data = deserialize(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.error(logs.JOB_DROPPED, reason="invalid_payload", error=str(exc), size=len(raw))
+            raise
+        if "s" not in data:
+            name = data.get("f")
+            if name not in known_jobs:
+                log.error(logs.JOB_DROPPED, reason="unknown_job", job=name)
+                raise ValueError(f"no job named {name!r} is registered in this worker")
+        return data
+
+    return _deserialize

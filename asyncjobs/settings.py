@@ -1,0 +1,169 @@
+"""Configuration: one frozen dataclass, read from ``ASYNCJOBS_*`` variables in one place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from .exceptions import ConfigurationError
+
+PREFIX = "ASYNCJOBS_"
+
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+_POSTGRES_SCHEMES = frozenset({"postgres", "postgresql"})
+_LOG_FORMATS = frozenset({"auto", "json", "console"})
+_LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
+
+HOW_TO_CONFIGURE = (
+    "Set it to your server's URL, or run `asyncjobs dev` to start throwaway Redis and "
+    "PostgreSQL servers and print the variables that point at them."
+)
+
+
+def _env(name: str, default: Any, help: str) -> Any:
+    return field(default=default, metadata={"env": PREFIX + name, "help": help})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything asyncjobs reads from the environment.
+
+    Build it with :meth:`from_env` (the default App does) or directly, e.g. in tests.
+    URLs may be ``None``: the error for a missing URL is raised when something needs
+    the server (:meth:`require_redis_url`, :meth:`require_database_url`), so a web app
+    that only enqueues needs no database URL.
+    """
+
+    redis_url: str | None = _env("REDIS_URL", None, "Redis URL, e.g. redis://localhost:6379/0")
+    database_url: str | None = _env("DATABASE_URL", None, "PostgreSQL URL, e.g. postgresql://user@localhost:5432/app"
+    )
+    imports: tuple[str, ...] = _env("IMPORTS", (), "comma-separated modules whose @job functions the worker registers"
+    )
+    queue_name: str = _env("QUEUE", "arq:queue", "default queue name (default arq:queue, arq's own)")
+    redis_timeout: float = _env("REDIS_TIMEOUT", 2.0, "seconds an enqueue may wait for Redis before failing (default 2)"
+    )
+    database_timeout: float = _env("DATABASE_TIMEOUT", 5.0, "seconds to wait for PostgreSQL before failing (default 5)"
+    )
+    max_jobs: int = _env("MAX_JOBS", 500, "jobs one worker process runs at once (default 500)")
+    poll_delay: float = _env("POLL_DELAY", 0.05, "seconds between queue polls when idle (default 0.05)")
+    job_timeout: float = _env("JOB_TIMEOUT", 300.0, "default seconds a job may run (default 300)")
+    keep_result: float = _env("KEEP_RESULT", 0.0, "seconds results are kept in Redis (default 0: not kept, see README)"
+    )
+    log_format: str = _env("LOG_FORMAT", "auto", "auto, json or console (auto: console on a TTY)")
+    log_level: str = _env("LOG_LEVEL", "info", "debug, info, warning or error (default info)")
+
+    def __post_init__(self) -> None:
+        if self.redis_url is not None:
+            _check_url(self.redis_url, _REDIS_SCHEMES, PREFIX + "REDIS_URL", "redis://host:6379/0")
+        if self.database_url is not None:
+            _check_url(
+                self.database_url,
+                _POSTGRES_SCHEMES,
+                PREFIX + "DATABASE_URL",
+                "postgresql://user@host:5432/dbname",
+            )
+        for name in ("redis_timeout", "database_timeout", "poll_delay", "job_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{_var(name)} must be a positive number of seconds")
+        if self.keep_result < 0:
+            raise ConfigurationError(f"{_var('keep_result')} must be 0 or more seconds")
+        if self.max_jobs < 1:
+            raise ConfigurationError(f"{_var('max_jobs')} must be at least 1")
+        if self.log_format not in _LOG_FORMATS:
+            raise ConfigurationError(
+                f"{_var('log_format')} must be one of {', '.join(sorted(_LOG_FORMATS))}, "
+                f"not {self.log_format!r}"
+            )
+        if self.log_level not in _LOG_LEVELS:
+            raise ConfigurationError(
+                f"{_var('log_level')} must be one of {', '.join(sorted(_LOG_LEVELS))}, "
+                f"not {self.log_level!r}"
+            )
+        if not self.queue_name:
+            raise ConfigurationError(f"{_var('queue_name')} must not be empty")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``ASYNCJOBS_*`` variable; raise :class:`ConfigurationError` naming a bad one."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _parse(f.name, raw.strip(), f.metadata["env"])
+        return cls(**values)
+
+    def require_redis_url(self) -> str:
+        """The Redis URL, or a :class:`ConfigurationError` saying how to set one."""
+        if self.redis_url is None:
+            raise ConfigurationError(f"{PREFIX}REDIS_URL is not set. {HOW_TO_CONFIGURE}")
+        return self.redis_url
+
+    def require_database_url(self) -> str:
+        """The PostgreSQL URL, or a :class:`ConfigurationError` saying how to set one."""
+        if self.database_url is None:
+            raise ConfigurationError(f"{PREFIX}DATABASE_URL is not set. {HOW_TO_CONFIGURE}")
+        return self.database_url
+
+
+
+
+def environment_help() -> list[tuple[str, str]]:
+    """(variable, description) for every setting, for ``--help`` and the README."""
+    return [(f.metadata["env"], f.metadata["help"]) for f in fields(Settings)]
+
+
+def _var(name: str) -> str:
+    return PREFIX + name.upper() if name != "queue_name" else PREFIX + "QUEUE"
+
+
+def _parse(name: str, raw: str, var: str) -> Any:
+    default = Settings.__dataclass_fields__[name].default
+    kind = str if default is None else type(default)
+    if name == "imports":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if name in ("log_format", "log_level"):
+        return raw.lower()
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigurationError(f"{var} must be a whole number, not {raw!r}") from None
+    if kind is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigurationError(f"{var} must be a number of seconds, not {raw!r}") from None
+    return raw
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+        return parts._replace(netloc=netloc).geturl()
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def _check_url(raw: str, schemes: frozenset[str], var: str, example: str) -> None:
+    url = redact(raw)
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigurationError(f"{var} is malformed ({exc}): {url!r}; expected e.g. {example}")
+    if parts.scheme not in schemes:
+        raise ConfigurationError(
+            f"{var} must start with {' or '.join(s + '://' for s in sorted(schemes))}, "
+            f"got {url!r}; expected e.g. {example}"
+        )
+    if parts.scheme != "unix" and not parts.hostname and not parts.path.startswith("/"):
+        raise ConfigurationError(f"{var} has no host: {url!r}; expected e.g. {example}")

@@ -243,7 +243,7 @@ def job(target: Any = None, /, *, registry: Registry | None = None, **options: A
 
     def decorate(obj: Any) -> Any:
         spec = build_spec(obj, **options)
-        (registry or default_registry).add(spec)
+        (registry if registry is not None else default_registry).add(spec)
         setattr(obj, SPEC_ATTRIBUTE, spec)
         return obj
 

@@ -1,0 +1,111 @@
+"""Helpers for testing code that uses asyncjobs, against real servers.
+
+``EmbeddedServices`` starts throwaway Redis and PostgreSQL; ``WorkerProcess``
+runs ``arq asyncjobs.WorkerSettings`` as a real subprocess and waits until it
+is ready.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from ._services import EmbeddedServices, free_port
+
+__all__ = ["EmbeddedServices", "WorkerProcess", "free_port"]
+
+
+class WorkerProcess:
+    """``arq asyncjobs.WorkerSettings`` in a subprocess; its output is collected in ``lines``.
+
+    ``env`` is added to the current environment (``ASYNCJOBS_REDIS_URL``,
+    ``ASYNCJOBS_IMPORTS`` ...). Use as a context manager, or call
+    :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        settings: str = "asyncjobs.WorkerSettings",
+        cwd: str | Path | None = None,
+    ) -> None:
+        self.env = {**os.environ, "ASYNCJOBS_LOG_FORMAT": "json", **env}
+        self.settings = settings
+        self.cwd = cwd
+        self.lines: list[str] = []
+        self.process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+
+    def start(self, *, wait_ready: float = 30.0) -> WorkerProcess:
+        """Start the worker; with ``wait_ready``, wait for its ``worker.started`` event."""
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "arq", self.settings],
+            env=self.env,
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if wait_ready:
+            self.wait_for("worker.started", timeout=wait_ready)
+        return self
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        """Everything the worker printed so far."""
+        return "\n".join(self.lines)
+
+    def wait_for(self, text: str, *, timeout: float = 30.0, count: int = 1) -> None:
+        """Wait until ``text`` appears ``count`` times in the output, or raise ``TimeoutError``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sum(text in line for line in list(self.lines)) >= count:
+                return
+            if self.process is not None and self.process.poll() is not None:
+                time.sleep(0.1)  # let the reader drain what is left
+                if sum(text in line for line in list(self.lines)) >= count:
+                    return
+                raise RuntimeError(
+                    f"worker exited ({self.process.returncode}) before {text!r}:\n{self.output}"
+                )
+            time.sleep(0.02)
+        raise TimeoutError(f"{text!r} did not appear {count}x within {timeout}s:\n{self.output}")
+
+    def alive(self) -> bool:
+        """Whether the worker process is still running."""
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the worker and wait; SIGKILL it if it does not stop in ``timeout``."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._reader is not None:
+            self._reader.join(2)
+        return self.process.returncode
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,39 @@
+"""Jobs the worker subprocesses in the tests register (ASYNCJOBS_IMPORTS=tests.workerjobs).
+
+Each job records what it was called with in the Redis list ``runs``, through
+the worker's own connection, so a test can see that it ran and with what.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncjobs
+
+
+async def _record(ctx: dict[str, Any], name: str, *args: Any, **kwargs: Any) -> None:
+    entry = {"job": name, "args": list(args), "kwargs": kwargs, "job_id": ctx["job_id"]}
+    await ctx["redis"].rpush("runs", json.dumps(entry))
+
+
+@asyncjobs.job
+async def record_args(ctx: dict[str, Any], a: Any, b: Any = None, *, note: str = "") -> str:
+    await _record(ctx, "record_args", a, b, note=note)
+    return "done"
+
+
+@asyncjobs.job
+class InvoiceJob:
+    """A class-based job: perform() runs on a fresh instance with self.ctx set."""
+
+    ctx: dict[str, Any]
+
+    async def perform(self, invoice_id: int) -> None:
+        await _record(self.ctx, "invoice_job", invoice_id)
+
+
+@asyncjobs.job
+async def always_fails(ctx: dict[str, Any], n: int) -> None:
+    await _record(ctx, "always_fails", n)
+    raise RuntimeError(f"boom {n}")

@@ -110,7 +110,7 @@ class App:
                 try:
                     self._db = await asyncpg.create_pool(
                         url,
-                        min_size=0,
+                        min_size=1,
                         max_size=10,
                         timeout=self.settings.database_timeout,
                         command_timeout=max(self.settings.database_timeout, 30.0),

@@ -101,7 +101,9 @@ class WorkerProcess:
                 self.process.kill()
                 self.process.wait()
         if self._reader is not None:
-            self._reader.join(2)
+            self._reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         return self.process.returncode
 
     def __enter__(self) -> WorkerProcess:

@@ -1,0 +1,68 @@
+"""Redis restarts under a running worker and a stream of enqueues."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from asyncjobs import App, RedisUnavailableError, Settings
+from asyncjobs._services import EmbeddedRedis
+from asyncjobs.testing import WorkerProcess
+from tests.conftest import ROOT
+from tests.workerjobs import record_args
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis server of this test's own, so it can be stopped and started again."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_enqueues_fail_fast_during_an_outage_and_the_worker_resumes_after(
+    own_redis: EmbeddedRedis, worker_env: dict[str, str]
+) -> None:
+    env = {**worker_env, "ASYNCJOBS_REDIS_URL": own_redis.url}
+    settings = Settings(redis_url=own_redis.url, redis_timeout=0.5, log_format="json")
+    async with App(settings) as app:
+        with WorkerProcess(env, cwd=ROOT) as worker:
+            before = [await app.enqueue(record_args, f"before-{i}") for i in range(20)]
+            assert all(before)
+            worker.wait_for('"event": "job.succeeded"', count=20)
+
+            own_redis.stop()
+            failures = []
+            for i in range(5):
+                start = time.monotonic()
+                with pytest.raises(RedisUnavailableError) as info:
+                    await app.enqueue(record_args, f"during-{i}")
+                failures.append(time.monotonic() - start)
+                assert "Redis is unreachable" in str(info.value)
+            assert max(failures) < 5  # each failed within its bound instead of hanging
+            worker.wait_for("redis.unavailable", timeout=30)
+            await asyncio.sleep(2)  # an outage of some seconds, not a blip
+            assert worker.alive()
+
+            own_redis.start()  # same port, empty: Redis keeps nothing on disk here
+            after = [await app.enqueue(record_args, f"after-{i}") for i in range(20)]
+            assert all(after)
+            worker.wait_for("redis.reconnected", timeout=30)
+            worker.wait_for('"event": "job.succeeded"', count=40, timeout=30)
+            assert worker.alive()
+
+        client = aioredis.from_url(own_redis.url)
+        ran = [json.loads(r)["args"][0] for r in await client.lrange("runs", 0, -1)]
+        await client.aclose()
+    assert sorted(ran) == sorted(f"after-{i}" for i in range(20))
+    # The earlier runs were recorded in the Redis that was stopped (it kept nothing).
+    assert sum("job.succeeded" in line for line in worker.lines) == 40

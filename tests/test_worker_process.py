@@ -1,0 +1,166 @@
+"""A real worker: `arq asyncjobs.WorkerSettings` in a subprocess, fed through asyncjobs.enqueue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+import asyncjobs
+from asyncjobs import App
+from asyncjobs.testing import WorkerProcess, free_port
+from tests.conftest import ROOT
+from tests.workerjobs import InvoiceJob, always_fails, record_args
+
+pytestmark = pytest.mark.slow
+
+
+async def runs(redis: aioredis.Redis, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+    """Wait until the worker recorded ``count`` runs; return them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await redis.llen("runs") >= count:
+            break
+        await asyncio.sleep(0.02)
+    return [json.loads(r) for r in await redis.lrange("runs", 0, -1)]
+
+
+async def test_worker_runs_function_and_class_jobs_with_their_arguments(
+    worker_env: dict[str, str], app: App, redis: aioredis.Redis
+) -> None:
+    with WorkerProcess(worker_env, cwd=ROOT) as worker:
+        fn_job = await app.enqueue(record_args, 1, [2, "three"], note="hello")
+        cls_job = await app.enqueue(InvoiceJob, 42)
+        done = await runs(redis, 2)
+        worker.wait_for('"event": "job.succeeded"', count=2)
+    assert fn_job is not None and cls_job is not None
+    by_job = {r["job"]: r for r in done}
+    assert by_job["record_args"] == {
+        "job": "record_args",
+        "args": [1, [2, "three"]],
+        "kwargs": {"note": "hello"},
+        "job_id": fn_job.job_id,
+    }
+    assert by_job["invoice_job"]["args"] == [42]
+    assert by_job["invoice_job"]["job_id"] == cls_job.job_id
+    events = [json.loads(line) for line in worker.lines if line.startswith("{")]
+    started = [e for e in events if e["event"] == "job.started"]
+    assert {e["job"] for e in started} == {"record_args", "invoice_job"}
+    assert all({"job_id", "job_try"} <= e.keys() for e in started)
+    succeeded = [e for e in events if e["event"] == "job.succeeded"]
+    assert all(e["duration_ms"] >= 0 for e in succeeded)
+
+
+async def test_garbage_payloads_are_dropped_and_the_worker_goes_on(
+    worker_env: dict[str, str], app: App, redis: aioredis.Redis
+) -> None:
+    now_ms = int(time.time() * 1000)
+    # Not JSON, JSON of the wrong shape, a pickle from a plain arq client, and an unknown job.
+    garbage = {
+        "notjson": b"{this is not json",
+        "wrongshape": b"[1, 2, 3]",
+        "pickled": b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}\x94.",
+        "unknown": json.dumps({"t": 1, "f": "no_such_job", "a": [], "k": {}, "et": now_ms}).encode(),
+    }
+    for job_id, payload in garbage.items():
+        await redis.set(f"arq:job:{job_id}", payload)
+        await redis.zadd("arq:queue", {job_id: now_ms})
+    with WorkerProcess(worker_env, cwd=ROOT) as worker:
+        worker.wait_for('"event": "job.dropped"', count=4)
+        job = await app.enqueue(record_args, "after garbage")
+        done = await runs(redis, 1)
+        assert worker.alive()
+    assert job is not None and done[0]["args"] == ["after garbage", None]
+    reasons = [json.loads(line)["reason"] for line in worker.lines if "job.dropped" in line]
+    assert sorted(reasons) == ["invalid_payload"] * 3 + ["unknown_job"]
+    assert await redis.zcard("arq:queue") == 0
+
+
+async def test_a_failing_job_and_a_failing_middleware_do_not_stop_the_worker(
+    worker_env: dict[str, str], app: App, redis: aioredis.Redis
+) -> None:
+    env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.workerjobs,tests.brokenmiddleware"}
+    with WorkerProcess(env, cwd=ROOT) as worker:
+        await app.enqueue(always_fails, 1)
+        await app.enqueue(record_args, "explode")  # the server middleware raises for this one
+        await app.enqueue(record_args, "fine")
+        done = await runs(redis, 2)
+        worker.wait_for('"event": "job.failed"', count=2)
+        assert worker.alive()
+    assert sorted(str(r["args"][0]) for r in done) == ["1", "fine"]
+    failed = [json.loads(line) for line in worker.lines if '"job.failed"' in line]
+    assert sorted(e["error"] for e in failed) == [
+        "RuntimeError: boom 1",
+        "RuntimeError: middleware refused 'explode'",
+    ]
+
+
+def test_worker_without_redis_url_exits_at_once_saying_how_to_configure() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_")}
+    env.update({"ASYNCJOBS_IMPORTS": "tests.workerjobs", "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-m", "arq", "asyncjobs.WorkerSettings"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode != 0
+    assert "ASYNCJOBS_REDIS_URL is not set" in result.stderr
+    assert "asyncjobs dev" in result.stderr
+
+
+def test_worker_pointed_at_nothing_exits_at_once_saying_so() -> None:
+    env = {**os.environ, "ASYNCJOBS_IMPORTS": "tests.workerjobs", "PYTHONPATH": str(ROOT),
+           "ASYNCJOBS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "arq", "asyncjobs.WorkerSettings"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode != 0
+    assert "nothing is listening at ASYNCJOBS_REDIS_URL" in result.stderr
+
+
+def test_worker_with_no_jobs_registered_says_to_set_imports(redis_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_")}
+    env.update({"ASYNCJOBS_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-m", "arq", "asyncjobs.WorkerSettings"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode != 0
+    assert "no jobs are registered: set ASYNCJOBS_IMPORTS" in result.stderr
+
+
+async def test_jobs_run_while_postgres_is_unreachable(
+    worker_env: dict[str, str], app: App, redis: aioredis.Redis
+) -> None:
+    env = {**worker_env, "ASYNCJOBS_DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/db"}
+    with WorkerProcess(env, cwd=ROOT):
+        await app.enqueue(record_args, "no database needed")
+        done = await runs(redis, 1)
+    assert done[0]["args"][0] == "no database needed"
+
+
+async def test_unreachable_postgres_is_a_clear_error() -> None:
+    dead = asyncjobs.Settings(database_url=f"postgresql://x@127.0.0.1:{free_port()}/db",
+                              database_timeout=1)
+    async with App(dead) as app:
+        with pytest.raises(asyncjobs.DatabaseUnavailableError, match="unreachable"):
+            await app.db()
+
+
+async def test_worker_settings_subclass_overrides_arq_options(
+    worker_env: dict[str, str], app: App, redis: aioredis.Redis
+) -> None:
+    with WorkerProcess(worker_env, settings="tests.customsettings.Custom", cwd=ROOT) as worker:
+        await app.enqueue(record_args, "custom")
+        await runs(redis, 1)
+        worker.wait_for("custom startup hook ran")
+    started = next(json.loads(line) for line in worker.lines if "worker.started" in line)
+    assert started["event"] == "worker.started"
+    assert await redis.get("custom-max-jobs") == b"7"

@@ -18,10 +18,11 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
-    session.install("ruff>=0.6")
+    session.install("ruff==0.17.6")
     session.run("ruff", "check", "asyncjobs", "tests", "benchmarks", "examples", "noxfile.py")
-    session.run("ruff", "format", "--check", "asyncjobs", "tests", "benchmarks", "examples",
-                "noxfile.py")
+    session.run(
+        "ruff", "format", "--check", "asyncjobs", "tests", "benchmarks", "examples", "noxfile.py"
+    )
 
 
 @nox.session

@@ -84,7 +84,9 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
     for name in ("postgres", "nobody"):
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)
-    raise ConfigurationError("running as root and found no 'postgres' or 'nobody' user for PostgreSQL")
+    raise ConfigurationError(
+        "running as root and found no 'postgres' or 'nobody' user for PostgreSQL"
+    )
 
 
 def _wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -114,9 +116,23 @@ class EmbeddedRedis:
         binary = find_redis_server()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--databases", "64",
-             "--logfile", str(self.directory / "redis.log")],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--databases",
+                "64",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -141,6 +157,7 @@ class EmbeddedPostgres:
     directory: Path
     port: int = field(default_factory=free_port)
     user: str = "postgres"
+    _bindir: Path | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -171,24 +188,61 @@ class EmbeddedPostgres:
         data = self.directory / "data"
         if runner is not None:
             os.chown(self.directory, runner.pw_uid, runner.pw_gid)
-        self._run([str(bindir / "initdb"), "-D", str(data), "-U", self.user, "--auth=trust",
-                   "--no-sync", "-E", "UTF8", "--no-instructions"], timeout=120)
+        self._run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                self.user,
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ],
+            timeout=120,
+        )
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c max_connections=200 -c shared_buffers=128MB"
         )
-        self._run([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-t", "60",
-                   "-l", str(self.directory / "postgres.log"), "start"], timeout=90)
+        self._run(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.directory / "postgres.log"),
+                "start",
+            ],
+            timeout=90,
+        )
         self._bindir = bindir
 
     def stop(self) -> None:
-        bindir = getattr(self, "_bindir", None)
+        bindir = self._bindir
         if bindir is None:
             return
         with contextlib.suppress(Exception):
-            self._run([str(bindir / "pg_ctl"), "-D", str(self.directory / "data"), "-m",
-                       "immediate", "-w", "stop"], timeout=30)
+            self._run(
+                [
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(self.directory / "data"),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+                timeout=30,
+            )
         self._bindir = None
 
 

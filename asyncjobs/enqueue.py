@@ -110,7 +110,9 @@ def _check_options(job_name: str, options: dict[str, Any]) -> None:
     if "_expires" in options:
         _seconds("_expires", options["_expires"], allow_zero=False)
     if "_defer_until" in options and not isinstance(options["_defer_until"], datetime):
-        raise InvalidOptionError(f"_defer_until must be a datetime, not {options['_defer_until']!r}")
+        raise InvalidOptionError(
+            f"_defer_until must be a datetime, not {options['_defer_until']!r}"
+        )
     for key in ("_job_id", "_queue_name"):
         if key in options and (not isinstance(options[key], str) or not options[key]):
             raise InvalidOptionError(f"{key} must be a non-empty string, not {options[key]!r}")
@@ -176,10 +178,10 @@ async def write_job(request: EnqueueRequest) -> Job | None:
             async with redis.pipeline(transaction=True) as pipe:
                 await pipe.watch(job_key)
                 if await pipe.exists(job_key, result_key_prefix + job_id):
-                    await pipe.reset()
+                    await pipe.reset()  # type: ignore[no-untyped-call]
                     _log.info(logs.JOB_REJECTED, job=name, job_id=job_id, reason="duplicate_id")
                     return None
-                pipe.multi()
+                pipe.multi()  # type: ignore[no-untyped-call]
                 pipe.psetex(job_key, expires_ms, payload)
                 pipe.zadd(queue, {job_id: score})
                 try:

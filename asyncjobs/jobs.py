@@ -71,9 +71,7 @@ def _signature_without_first(fn: Callable[..., Any], origin: str, first: str) ->
         inspect.Parameter.POSITIONAL_ONLY,
         inspect.Parameter.POSITIONAL_OR_KEYWORD,
     ):
-        raise JobDefinitionError(
-            f"{origin} must take {first!r} as its first positional parameter"
-        )
+        raise JobDefinitionError(f"{origin} must take {first!r} as its first positional parameter")
     rest = params[1:]
     for p in rest:
         if p.name.startswith("_"):

@@ -9,9 +9,12 @@ or ``structlog.configure(...)`` before, to take over.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
-from typing import TextIO
+import threading
+from typing import Any, TextIO
 
 import structlog
 
@@ -34,6 +37,62 @@ MIGRATION_APPLIED = "migration.applied"
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR
+
+
+class LoopBatchedWriter:
+    """A structlog logger that writes each event loop iteration's lines in one write.
+
+    On a thread with a running event loop, lines are buffered and flushed by a
+    callback scheduled with ``call_soon``: a busy worker pays one write per loop
+    iteration instead of one per event, and nothing waits longer than the
+    iteration that logged it. Elsewhere each line is written at once.
+    """
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+        self._buffer: list[str] = []
+        self._scheduled = False
+        self._lock = threading.Lock()
+        atexit.register(self.flush)
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            self._buffer.append(message)
+            if self._scheduled:
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                self._scheduled = True
+                loop.call_soon(self.flush)
+                return
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._scheduled = False
+            if not self._buffer:
+                return
+            data = "\n".join(self._buffer) + "\n"
+            self._buffer.clear()
+        try:
+            self._file.write(data)
+            self._file.flush()
+        except (OSError, ValueError):  # closed or broken stream: logging must not raise
+            pass
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+def _writer_factory(file: TextIO) -> Any:
+    writer = LoopBatchedWriter(file)
+
+    def factory(*_args: Any) -> LoopBatchedWriter:
+        return writer
+
+    return factory
 
 
 def configure_logging(
@@ -63,6 +122,6 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        logger_factory=_writer_factory(out),
         cache_logger_on_first_use=True,
     )

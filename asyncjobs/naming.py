@@ -10,7 +10,7 @@ _CAMEL_BOUNDARY_2 = re.compile(r"([a-z0-9])([A-Z])")
 
 
 def snake_case(name: str) -> str:
-    """``InvoiceJob`` → ``invoice_job``; ``HTTPRetryJob`` → ``http_retry_job``; snake stays snake."""
+    """``InvoiceJob`` → ``invoice_job``, ``HTTPRetryJob`` → ``http_retry_job``; snake stays."""
     s = _CAMEL_BOUNDARY_1.sub(r"\1_\2", name)
     s = _CAMEL_BOUNDARY_2.sub(r"\1_\2", s)
     return re.sub(r"_+", "_", s.replace("-", "_")).lower()

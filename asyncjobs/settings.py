@@ -38,19 +38,28 @@ class Settings:
     """
 
     redis_url: str | None = _env("REDIS_URL", None, "Redis URL, e.g. redis://localhost:6379/0")
-    database_url: str | None = _env("DATABASE_URL", None, "PostgreSQL URL, e.g. postgresql://user@localhost:5432/app"
+    database_url: str | None = _env(
+        "DATABASE_URL", None, "PostgreSQL URL, e.g. postgresql://user@localhost:5432/app"
     )
-    imports: tuple[str, ...] = _env("IMPORTS", (), "comma-separated modules whose @job functions the worker registers"
+    imports: tuple[str, ...] = _env(
+        "IMPORTS", (), "comma-separated modules whose @job functions the worker registers"
     )
-    queue_name: str = _env("QUEUE", "arq:queue", "default queue name (default arq:queue, arq's own)")
-    redis_timeout: float = _env("REDIS_TIMEOUT", 2.0, "seconds an enqueue may wait for Redis before failing (default 2)"
+    queue_name: str = _env(
+        "QUEUE", "arq:queue", "default queue name (default arq:queue, arq's own)"
     )
-    database_timeout: float = _env("DATABASE_TIMEOUT", 5.0, "seconds to wait for PostgreSQL before failing (default 5)"
+    redis_timeout: float = _env(
+        "REDIS_TIMEOUT", 2.0, "seconds an enqueue may wait for Redis before failing (default 2)"
+    )
+    database_timeout: float = _env(
+        "DATABASE_TIMEOUT", 5.0, "seconds to wait for PostgreSQL before failing (default 5)"
     )
     max_jobs: int = _env("MAX_JOBS", 500, "jobs one worker process runs at once (default 500)")
-    poll_delay: float = _env("POLL_DELAY", 0.05, "seconds between queue polls when idle (default 0.05)")
+    poll_delay: float = _env(
+        "POLL_DELAY", 0.05, "seconds between queue polls when idle (default 0.05)"
+    )
     job_timeout: float = _env("JOB_TIMEOUT", 300.0, "default seconds a job may run (default 300)")
-    keep_result: float = _env("KEEP_RESULT", 0.0, "seconds results are kept in Redis (default 0: not kept, see README)"
+    keep_result: float = _env(
+        "KEEP_RESULT", 0.0, "seconds results are kept in Redis (default 0: not kept, see README)"
     )
     log_format: str = _env("LOG_FORMAT", "auto", "auto, json or console (auto: console on a TTY)")
     log_level: str = _env("LOG_LEVEL", "info", "debug, info, warning or error (default info)")
@@ -87,7 +96,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read every ``ASYNCJOBS_*`` variable; raise :class:`ConfigurationError` naming a bad one."""
+        """Read every ``ASYNCJOBS_*`` variable; a bad one is a :class:`ConfigurationError`."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -108,8 +117,6 @@ class Settings:
         if self.database_url is None:
             raise ConfigurationError(f"{PREFIX}DATABASE_URL is not set. {HOW_TO_CONFIGURE}")
         return self.database_url
-
-
 
 
 def environment_help() -> list[tuple[str, str]]:
@@ -159,7 +166,9 @@ def _check_url(raw: str, schemes: frozenset[str], var: str, example: str) -> Non
         parts = urlsplit(raw)
         parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
     except ValueError as exc:
-        raise ConfigurationError(f"{var} is malformed ({exc}): {url!r}; expected e.g. {example}")
+        raise ConfigurationError(
+            f"{var} is malformed ({exc}): {url!r}; expected e.g. {example}"
+        ) from None
     if parts.scheme not in schemes:
         raise ConfigurationError(
             f"{var} must start with {' or '.join(s + '://' for s in sorted(schemes))}, "

@@ -34,7 +34,8 @@ def servers() -> Iterator[dict[str, str]]:
         yield {"redis": redis_url, "postgres": database_url}
         return
     with EmbeddedServices() as services:
-        assert services.redis is not None and services.postgres is not None
+        assert services.redis is not None
+        assert services.postgres is not None
         yield {"redis": services.redis.url, "postgres": services.postgres.url}
 
 
@@ -46,7 +47,7 @@ async def redis_url(servers: dict[str, str]) -> AsyncIterator[str]:
     client = aioredis.from_url(url)
     await client.flushdb()
     await client.aclose()
-    yield url
+    return url
 
 
 @pytest.fixture

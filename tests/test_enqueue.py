@@ -44,7 +44,8 @@ async def test_enqueue_writes_arqs_job_format(app: App, redis: aioredis.Redis) -
 async def test_class_jobs_enqueue_by_class_or_name(app: App, redis: aioredis.Redis) -> None:
     by_class = await app.enqueue(InvoiceJob, 7)
     by_name = await app.enqueue("invoice_job", 8)
-    assert by_class is not None and by_name is not None
+    assert by_class is not None
+    assert by_name is not None
     assert await redis.zcard("arq:queue") == 2
 
 
@@ -78,9 +79,7 @@ async def test_class_jobs_enqueue_by_class_or_name(app: App, redis: aioredis.Red
         (lambda app: app.enqueue(record_args, 1, colour=2), JobArgumentsError, "unexpected"),
         (lambda app: app.enqueue(record_args, 1, _defer_by=-1), InvalidOptionError, "0 or more"),
         (
-            lambda app: app.enqueue(
-                record_args, 1, _defer_by=1, _defer_until=datetime.now(UTC)
-            ),
+            lambda app: app.enqueue(record_args, 1, _defer_by=1, _defer_until=datetime.now(UTC)),
             InvalidOptionError,
             "not both",
         ),
@@ -107,7 +106,8 @@ async def test_duplicate_job_id_returns_none_and_keeps_the_first(
 ) -> None:
     first = await app.enqueue(record_args, 1, _job_id="invoice-42")
     second = await app.enqueue(record_args, 2, _job_id="invoice-42")
-    assert first is not None and first.job_id == "invoice-42"
+    assert first is not None
+    assert first.job_id == "invoice-42"
     assert second is None
     assert json.loads(await redis.get("arq:job:invoice-42"))["a"] == [1, None][:1]
 
@@ -147,7 +147,8 @@ async def test_client_middleware_runs_outermost_first_and_can_reject(
         assert await app.enqueue(record_args, "stop") is None
         assert await redis.dbsize() == 0
         job = await app.enqueue(record_args, "go")
-    assert job is not None and job.job_id == "id-go"
+    assert job is not None
+    assert job.job_id == "id-go"
     assert seen == ["outer:record_args", "gate", "outer:record_args", "gate"]
 
 

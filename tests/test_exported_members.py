@@ -10,8 +10,19 @@ def test_all_is_sorted_and_names_only_real_public_members() -> None:
     # `annotations` is the `from __future__ import annotations` feature object.
     public = {n for n in dir(asyncjobs) if not n.startswith("_")} - {"annotations"}
     submodules = {
-        "app", "cli", "enqueue", "exceptions", "jobs", "logs", "middleware", "naming",
-        "schema", "serializer", "settings", "testing", "worker",
+        "app",
+        "cli",
+        "enqueue",
+        "exceptions",
+        "jobs",
+        "logs",
+        "middleware",
+        "naming",
+        "schema",
+        "serializer",
+        "settings",
+        "testing",
+        "worker",
     }
     assert public - submodules - set(asyncjobs.__all__) == set()
 

@@ -20,7 +20,11 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     return subprocess.run(
         [sys.executable, "-m", "asyncjobs", *args],
         env={**base, "PYTHONPATH": str(ROOT), **(env or {})},
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -90,13 +94,21 @@ def test_cli_jobs_list_shows_registered_jobs() -> None:
 
 
 def test_cli_check_reports_each_service(redis_url: str, database_url: str) -> None:
-    ok = cli("check", env={"ASYNCJOBS_REDIS_URL": redis_url, "ASYNCJOBS_DATABASE_URL": database_url})
+    ok = cli(
+        "check", env={"ASYNCJOBS_REDIS_URL": redis_url, "ASYNCJOBS_DATABASE_URL": database_url}
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "redis     ok" in ok.stdout and "postgres  ok" in ok.stdout
+    assert "redis     ok" in ok.stdout
+    assert "postgres  ok" in ok.stdout
     from asyncjobs.testing import free_port
 
-    bad = cli("check", env={"ASYNCJOBS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-                            "ASYNCJOBS_REDIS_TIMEOUT": "0.5"})
+    bad = cli(
+        "check",
+        env={
+            "ASYNCJOBS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "ASYNCJOBS_REDIS_TIMEOUT": "0.5",
+        },
+    )
     assert bad.returncode == 1
     assert "redis     FAILED" in bad.stdout
 
@@ -105,8 +117,12 @@ def test_cli_check_reports_each_service(redis_url: str, database_url: str) -> No
 def test_cli_dev_starts_services_and_prints_their_variables() -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "asyncjobs", "dev"], env=base, cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "asyncjobs", "dev"],
+        env=base,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -117,7 +133,8 @@ def test_cli_dev_starts_services_and_prints_their_variables() -> None:
                 break
         exports = dict(
             line.removeprefix("export ").strip().split("=", 1)
-            for line in lines if line.startswith("export ")
+            for line in lines
+            if line.startswith("export ")
         )
         assert set(exports) == {"ASYNCJOBS_REDIS_URL", "ASYNCJOBS_DATABASE_URL"}
         check = cli("check", env=exports)

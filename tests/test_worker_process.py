@@ -22,9 +22,9 @@ from tests.workerjobs import InvoiceJob, always_fails, record_args
 pytestmark = pytest.mark.slow
 
 
-async def runs(redis: aioredis.Redis, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+async def runs(redis: aioredis.Redis, count: int, wait: float = 20.0) -> list[dict[str, Any]]:
     """Wait until the worker recorded ``count`` runs; return them."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if await redis.llen("runs") >= count:
             break
@@ -35,12 +35,14 @@ async def runs(redis: aioredis.Redis, count: int, timeout: float = 20.0) -> list
 async def test_worker_runs_function_and_class_jobs_with_their_arguments(
     worker_env: dict[str, str], app: App, redis: aioredis.Redis
 ) -> None:
-    with WorkerProcess(worker_env, cwd=ROOT) as worker:
+    env = {**worker_env, "ASYNCJOBS_LOG_LEVEL": "debug"}  # job.started is a debug event
+    with WorkerProcess(env, cwd=ROOT) as worker:
         fn_job = await app.enqueue(record_args, 1, [2, "three"], note="hello")
         cls_job = await app.enqueue(InvoiceJob, 42)
         done = await runs(redis, 2)
         worker.wait_for('"event": "job.succeeded"', count=2)
-    assert fn_job is not None and cls_job is not None
+    assert fn_job is not None
+    assert cls_job is not None
     by_job = {r["job"]: r for r in done}
     assert by_job["record_args"] == {
         "job": "record_args",
@@ -55,7 +57,21 @@ async def test_worker_runs_function_and_class_jobs_with_their_arguments(
     assert {e["job"] for e in started} == {"record_args", "invoice_job"}
     assert all({"job_id", "job_try"} <= e.keys() for e in started)
     succeeded = [e for e in events if e["event"] == "job.succeeded"]
-    assert all(e["duration_ms"] >= 0 for e in succeeded)
+    assert {e["job_id"] for e in succeeded} == {fn_job.job_id, cls_job.job_id}
+    assert all(e["duration_ms"] >= 0 and e["job_try"] == 1 for e in succeeded)
+
+
+async def test_at_info_level_a_job_logs_one_line_and_arqs_own_lines_are_quiet(
+    worker_env: dict[str, str], app: App, redis: aioredis.Redis
+) -> None:
+    with WorkerProcess(worker_env, cwd=ROOT) as worker:
+        job = await app.enqueue(record_args, "quiet")
+        await runs(redis, 1)
+        worker.wait_for('"event": "job.succeeded"')
+    assert job is not None
+    mentions = [line for line in worker.lines if job.job_id in line]
+    assert len(mentions) == 1
+    assert '"job.succeeded"' in mentions[0]
 
 
 async def test_garbage_payloads_are_dropped_and_the_worker_goes_on(
@@ -67,7 +83,9 @@ async def test_garbage_payloads_are_dropped_and_the_worker_goes_on(
         "notjson": b"{this is not json",
         "wrongshape": b"[1, 2, 3]",
         "pickled": b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}\x94.",
-        "unknown": json.dumps({"t": 1, "f": "no_such_job", "a": [], "k": {}, "et": now_ms}).encode(),
+        "unknown": json.dumps(
+            {"t": 1, "f": "no_such_job", "a": [], "k": {}, "et": now_ms}
+        ).encode(),
     }
     for job_id, payload in garbage.items():
         await redis.set(f"arq:job:{job_id}", payload)
@@ -77,7 +95,8 @@ async def test_garbage_payloads_are_dropped_and_the_worker_goes_on(
         job = await app.enqueue(record_args, "after garbage")
         done = await runs(redis, 1)
         assert worker.alive()
-    assert job is not None and done[0]["args"] == ["after garbage", None]
+    assert job is not None
+    assert done[0]["args"] == ["after garbage", None]
     reasons = [json.loads(line)["reason"] for line in worker.lines if "job.dropped" in line]
     assert sorted(reasons) == ["invalid_payload"] * 3 + ["unknown_job"]
     assert await redis.zcard("arq:queue") == 0
@@ -107,7 +126,12 @@ def test_worker_without_redis_url_exits_at_once_saying_how_to_configure() -> Non
     env.update({"ASYNCJOBS_IMPORTS": "tests.workerjobs", "PYTHONPATH": str(ROOT)})
     result = subprocess.run(
         [sys.executable, "-m", "arq", "asyncjobs.WorkerSettings"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode != 0
     assert "ASYNCJOBS_REDIS_URL is not set" in result.stderr
@@ -115,11 +139,20 @@ def test_worker_without_redis_url_exits_at_once_saying_how_to_configure() -> Non
 
 
 def test_worker_pointed_at_nothing_exits_at_once_saying_so() -> None:
-    env = {**os.environ, "ASYNCJOBS_IMPORTS": "tests.workerjobs", "PYTHONPATH": str(ROOT),
-           "ASYNCJOBS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    env = {
+        **os.environ,
+        "ASYNCJOBS_IMPORTS": "tests.workerjobs",
+        "PYTHONPATH": str(ROOT),
+        "ASYNCJOBS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "arq", "asyncjobs.WorkerSettings"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode != 0
     assert "nothing is listening at ASYNCJOBS_REDIS_URL" in result.stderr
@@ -130,7 +163,12 @@ def test_worker_with_no_jobs_registered_says_to_set_imports(redis_url: str) -> N
     env.update({"ASYNCJOBS_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)})
     result = subprocess.run(
         [sys.executable, "-m", "arq", "asyncjobs.WorkerSettings"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode != 0
     assert "no jobs are registered: set ASYNCJOBS_IMPORTS" in result.stderr
@@ -147,8 +185,9 @@ async def test_jobs_run_while_postgres_is_unreachable(
 
 
 async def test_unreachable_postgres_is_a_clear_error() -> None:
-    dead = asyncjobs.Settings(database_url=f"postgresql://x@127.0.0.1:{free_port()}/db",
-                              database_timeout=1)
+    dead = asyncjobs.Settings(
+        database_url=f"postgresql://x@127.0.0.1:{free_port()}/db", database_timeout=1
+    )
     async with App(dead) as app:
         with pytest.raises(asyncjobs.DatabaseUnavailableError, match="unreachable"):
             await app.db()

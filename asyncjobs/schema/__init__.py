@@ -61,7 +61,9 @@ async def migrate(conn: Any) -> list[str]:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
             await conn.execute(_BOOTSTRAP)
-            done = {r[0] for r in await conn.fetch("SELECT version FROM asyncjobs.schema_migrations")}
+            done = {
+                r[0] for r in await conn.fetch("SELECT version FROM asyncjobs.schema_migrations")
+            }
             for migration in migrations():
                 if migration.version in done:
                     continue

@@ -1,0 +1,1 @@
+"""asyncjobs benchmarks: `nox -s bench` (or `python -m benchmarks [CASE...]`)."""

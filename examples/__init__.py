@@ -1,0 +1,1 @@
+"""Examples of asyncjobs in use; `nox -s demo` runs examples/demo.py."""

@@ -1,0 +1,1 @@
+"""The smallest useful asyncjobs app: two jobs, enqueued from async code."""

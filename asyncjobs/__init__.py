@@ -6,6 +6,7 @@ and run workers with ``arq asyncjobs.WorkerSettings``.
 
 from __future__ import annotations
 
+from . import flags
 from .app import App, enqueue, get_app, reset_app, set_app
 from .exceptions import (
     AsyncJobsError,
@@ -13,6 +14,7 @@ from .exceptions import (
     DatabaseUnavailableError,
     DuplicateJobError,
     EnqueueError,
+    FlagNameError,
     InvalidOptionError,
     JobArgumentsError,
     JobDefinitionError,
@@ -39,6 +41,7 @@ __all__ = [
     "EnqueueError",
     "EnqueueRequest",
     "ExecutionRequest",
+    "FlagNameError",
     "InvalidOptionError",
     "JobArgumentsError",
     "JobDefinitionError",
@@ -56,6 +59,7 @@ __all__ = [
     "configure_logging",
     "enqueue",
     "flag_name",
+    "flags",
     "get_app",
     "job",
     "reset_app",

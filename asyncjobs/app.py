@@ -28,6 +28,7 @@ from arq.connections import ArqRedis
 from arq.jobs import Job
 from redis.asyncio import ConnectionPool
 
+from . import flags as flags_module
 from . import logs
 from .enqueue import split_options, write_job
 from .exceptions import DatabaseUnavailableError
@@ -44,7 +45,9 @@ class App:
 
     ``settings`` defaults to :meth:`Settings.from_env`; ``registry`` to the one
     ``@job`` fills. ``client_middleware`` wraps every enqueue and
-    ``server_middleware`` every execution in a worker, first = outermost.
+    ``server_middleware`` every execution in a worker, first = outermost. The
+    kill switch (:mod:`asyncjobs.flags`) is the outermost of both unless
+    ``kill_switch=False``.
     """
 
     def __init__(
@@ -54,12 +57,20 @@ class App:
         registry: Registry | None = None,
         client_middleware: Sequence[Middleware[EnqueueRequest]] = (),
         server_middleware: Sequence[Middleware[ExecutionRequest]] = (),
+        kill_switch: bool = True,
     ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         logs.configure_logging(self.settings.log_format, self.settings.log_level)
         self.registry = registry if registry is not None else default_registry
-        self.client_middleware = list(client_middleware)
-        self.server_middleware = list(server_middleware)
+        self.client_middleware: list[Middleware[EnqueueRequest]] = []
+        self.server_middleware: list[Middleware[ExecutionRequest]] = []
+        if kill_switch:
+            self.client_middleware.append(flags_module.kill_switch)
+            self.server_middleware.append(flags_module.execution_gate)
+        self.client_middleware += client_middleware
+        self.server_middleware += server_middleware
+        self.flags = flags_module.FlagStore(self)
+        """This App's flags: ``await app.flags.enable("disable_invoice_job")``."""
         self._redis: ArqRedis | None = None
         self._db: asyncpg.Pool | None = None
         self._db_lock = asyncio.Lock()
@@ -149,8 +160,13 @@ class App:
         async with pool.acquire() as conn:
             return await migrate(conn)
 
+    def has_db(self) -> bool:
+        """Whether the PostgreSQL pool is open."""
+        return self._db is not None
+
     async def close(self) -> None:
         """Close both pools. The App can be used again afterwards (it reconnects)."""
+        await self.flags.close()
         redis, self._redis = self._redis, None
         db, self._db = self._db, None
         if redis is not None:

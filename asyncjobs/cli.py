@@ -94,27 +94,207 @@ def jobs() -> None:
     """Registered jobs (from the modules in ASYNCJOBS_IMPORTS)."""
 
 
-@jobs.command("list")
-def jobs_list() -> None:
-    """List the registered jobs with their queue and options."""
+def _registry_from_env() -> Any:
     from .app import get_app
     from .settings import Settings
     from .worker import import_job_modules
 
     try:
-        settings = Settings.from_env()
-        import_job_modules(settings.imports)
+        import_job_modules(Settings.from_env().imports)
+        return get_app().registry
     except AsyncJobsError as exc:
         raise click.ClickException(str(exc)) from exc
-    registry = get_app().registry
+
+
+@jobs.command("list")
+def jobs_list() -> None:
+    """List the registered jobs with their queue, timeout and whether each is stopped."""
+    from .app import get_app
+
+    registry = _registry_from_env()
     if not len(registry):
         click.echo("no jobs registered; set ASYNCJOBS_IMPORTS to the modules that define them")
         return
-    click.echo(f"{'job':32} {'queue':16} {'timeout':>8}  defined in")
+    app = get_app()
+
+    async def states() -> dict[str, bool] | None:
+        if app.settings.database_url is None:
+            return None
+        try:
+            return {f.name: f.enabled for f in await app.flags.list()}
+        finally:
+            await app.close()
+
+    stopped = _run(states)
+    click.echo(f"{'job':28} {'queue':12} {'timeout':>8}  {'state':8} {'flag':34} defined in")
     for spec in registry:
-        queue = spec.queue or settings.queue_name
+        queue = spec.queue or app.settings.queue_name
         timeout = "-" if spec.timeout is None else f"{spec.timeout:g}s"
-        click.echo(f"{spec.name:32} {queue:16} {timeout:>8}  {spec.origin}")
+        state = "?" if stopped is None else ("STOPPED" if stopped.get(spec.flag) else "running")
+        click.echo(
+            f"{spec.name:28} {queue:12} {timeout:>8}  {state:8} {spec.flag:34} {spec.origin}"
+        )
+    if stopped is None:
+        click.echo("(state unknown: ASYNCJOBS_DATABASE_URL is not set)")
+
+
+def _change(flag: str, on: bool, actor: str | None, reason: str | None) -> Any:
+    from .app import get_app
+
+    async def go() -> Any:
+        app = get_app()
+        try:
+            return await (app.flags.enable if on else app.flags.disable)(
+                flag, actor=actor, reason=reason
+            )
+        finally:
+            await app.close()
+
+    return _run(go)
+
+
+def _describe(change: Any) -> str:
+    was = {None: "did not exist", True: "was on", False: "was off"}[change.old]
+    now = "ON" if change.new else "off"
+    if not change.changed:
+        return f"{change.name} is already {now}; nothing changed"
+    return f"{change.name} is now {now} ({was})"
+
+
+_reason = click.option("--reason", "-r", help="Why; recorded in the flag's history.")
+_actor = click.option("--actor", help="Who; recorded in history (default: the OS user).")
+
+
+@jobs.command("disable")
+@click.argument("job_name")
+@_reason
+@_actor
+def jobs_disable(job_name: str, reason: str | None, actor: str | None) -> None:
+    """Stop JOB: turn its disable_<job> flag on. Enqueues are rejected, queued ones skipped."""
+    try:
+        spec = _registry_from_env().get(job_name)
+    except AsyncJobsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    change = _change(spec.flag, True, actor, reason)
+    click.echo(_describe(change))
+    click.echo(
+        f"{spec.name} is stopped: new enqueues return None and queued copies are skipped "
+        f"by workers (within ASYNCJOBS_FLAG_TTL). Undo: asyncjobs jobs enable {spec.name}"
+    )
+
+
+@jobs.command("enable")
+@click.argument("job_name")
+@_reason
+@_actor
+def jobs_enable(job_name: str, reason: str | None, actor: str | None) -> None:
+    """Let JOB run again: turn its disable_<job> flag off."""
+    try:
+        spec = _registry_from_env().get(job_name)
+    except AsyncJobsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    change = _change(spec.flag, False, actor, reason)
+    click.echo(_describe(change))
+    click.echo(f"{spec.name} runs: enqueues go through and workers run it.")
+
+
+@main.group()
+def flags() -> None:
+    """Raw feature flags (a flag that is ON is enabled; disable_<job> ON stops <job>)."""
+
+
+@flags.command("list")
+def flags_list() -> None:
+    """Every flag: state, counters of rejected enqueues and skipped runs, last change."""
+    from .app import get_app
+
+    registry = _registry_from_env()
+    app = get_app()
+
+    async def go() -> Any:
+        try:
+            return await app.flags.list()
+        finally:
+            await app.close()
+
+    rows = _run(go)
+    if not rows:
+        click.echo("no flags set")
+        return
+    click.echo(
+        f"{'flag':34} {'state':5} {'rejected':>9} {'skipped':>8}  {'changed (UTC)':19} "
+        f"{'by':12} reason"
+    )
+    names = registry.names()
+    for f in rows:
+        note = ""
+        if f.name.startswith("disable_") and names and f.name[len("disable_") :] not in names:
+            note = "  [matches no registered job: renamed or removed?]"
+        changed = f.updated_at.strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(
+            f"{f.name:34} {'ON' if f.enabled else 'off':5} {f.rejected:>9} {f.skipped:>8}  "
+            f"{changed:19} {f.updated_by[:12]:12} {f.reason or ''}{note}"
+        )
+    if not names:
+        click.echo("(set ASYNCJOBS_IMPORTS to check the flags against registered jobs)")
+
+
+@flags.command("enable")
+@click.argument("flag")
+@_reason
+@_actor
+def flags_enable(flag: str, reason: str | None, actor: str | None) -> None:
+    """Turn FLAG on."""
+    click.echo(_describe(_change(flag, True, actor, reason)))
+
+
+@flags.command("disable")
+@click.argument("flag")
+@_reason
+@_actor
+def flags_disable(flag: str, reason: str | None, actor: str | None) -> None:
+    """Turn FLAG off."""
+    click.echo(_describe(_change(flag, False, actor, reason)))
+
+
+@flags.command("history")
+@click.argument("flag", required=False)
+@click.option("--limit", default=50, show_default=True, help="How many changes to show.")
+def flags_history(flag: str | None, limit: int) -> None:
+    """Changes to FLAG (or to every flag), newest first."""
+    from .app import get_app
+
+    app = get_app()
+
+    async def go() -> Any:
+        try:
+            return await app.flags.history(flag, limit=limit)
+        finally:
+            await app.close()
+
+    events = _run(go)
+    if not events:
+        click.echo("no changes recorded")
+        return
+    for e in events:
+        old = {None: "(new)", True: "on", False: "off"}[e.old_value]
+        new = "on" if e.new_value else "off"
+        reason = f"  reason: {e.reason}" if e.reason else ""
+        click.echo(
+            f"{e.at:%Y-%m-%d %H:%M:%S}  {e.name:34} {old:>5} -> {new:3}  by {e.actor}{reason}"
+        )
+
+
+@main.command()
+def shell() -> None:
+    """An asyncio Python shell with the App connected: `await flags.enable(...)` works.
+
+    In scope: app, flags (app.flags), enqueue, asyncjobs, and every registered job.
+    """
+    from .shell import run_shell
+
+    _registry_from_env()
+    run_shell()
 
 
 @main.command()

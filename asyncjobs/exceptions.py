@@ -4,6 +4,7 @@ Every error has one root, so ``except AsyncJobsError`` catches them all::
 
     AsyncJobsError
     ├── ConfigurationError          a setting is missing or malformed
+    ├── FlagNameError               a flag name that is not lower_snake_case
     ├── JobDefinitionError          ``@job`` was used on something it cannot run
     │   └── DuplicateJobError       two different jobs claim one job name
     ├── EnqueueError                ``enqueue()`` was called wrongly; nothing was written
@@ -34,6 +35,10 @@ class AsyncJobsError(Exception):
 
 class ConfigurationError(AsyncJobsError):
     """A setting is missing or malformed; see `asyncjobs --help` for the variables."""
+
+
+class FlagNameError(AsyncJobsError):
+    """Flag names are lower-case letters, digits and underscores, starting with a letter."""
 
 
 class JobDefinitionError(AsyncJobsError):

@@ -47,6 +47,11 @@ class JobSpec:
     is_class: bool = False
 
     @property
+    def flag(self) -> str:
+        """The kill-switch flag that stops this job: ``disable_<name>``."""
+        return "disable_" + self.name
+
+    @property
     def origin(self) -> str:
         """``module.qualname`` of the decorated object, for messages."""
         return f"{self.target.__module__}.{self.target.__qualname__}"

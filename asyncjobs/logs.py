@@ -26,6 +26,10 @@ JOB_FAILED = "job.failed"
 JOB_CANCELLED = "job.cancelled"
 JOB_RETRYING = "job.retrying"
 JOB_DROPPED = "job.dropped"
+JOB_SKIPPED = "job.skipped"
+FLAG_CHANGED = "flag.changed"
+FLAGS_UNAVAILABLE = "flags.unavailable"
+FLAGS_RECOVERED = "flags.recovered"
 WORKER_STARTED = "worker.started"
 WORKER_STOPPED = "worker.stopped"
 WORKER_MISCONFIGURED = "worker.misconfigured"
@@ -96,12 +100,18 @@ def _writer_factory(file: TextIO) -> Any:
 
 
 def configure_logging(
-    fmt: str = "auto", level: str = "info", *, stream: TextIO | None = None, force: bool = False
+    fmt: str = "auto",
+    level: str = "info",
+    *,
+    stream: TextIO | None = None,
+    force: bool = False,
+    cache: bool = True,
 ) -> None:
     """Configure structlog for asyncjobs' events: JSON lines, or a readable console.
 
     ``fmt="auto"`` picks the console renderer when ``stream`` is a TTY and JSON
     otherwise. Does nothing if structlog is already configured, unless ``force``.
+    ``cache=False`` lets ``structlog.testing.capture_logs`` see every logger.
     """
     if structlog.is_configured() and not force:
         return
@@ -123,5 +133,5 @@ def configure_logging(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=_writer_factory(out),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _VALID_JOB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,119}$")
 _CAMEL_BOUNDARY_1 = re.compile(r"(.)([A-Z][a-z]+)")
@@ -21,6 +22,16 @@ def is_valid_job_name(name: str) -> bool:
     return bool(_VALID_JOB_NAME.match(name))
 
 
-def flag_name(job_name: str) -> str:
-    """The kill-switch flag for a job: ``invoice_job`` → ``disable_invoice_job``."""
-    return "disable_" + snake_case(job_name)
+def flag_name(job: Any) -> str:
+    """The kill-switch flag for a job: ``invoice_job``, ``InvoiceJob`` → ``disable_invoice_job``.
+
+    ``job`` is a job name, a decorated job (its registered name is used, even a
+    custom one), or any function or class (the snake_case of its name).
+    """
+    spec = getattr(job, "__asyncjobs_job__", None)
+    if spec is not None:
+        return str(spec.flag)
+    name = job if isinstance(job, str) else getattr(job, "__name__", None)
+    if not isinstance(name, str):
+        raise TypeError(f"flag_name() takes a job, a job name or a class, not {job!r}")
+    return "disable_" + snake_case(name)

@@ -61,6 +61,17 @@ class Settings:
     keep_result: float = _env(
         "KEEP_RESULT", 0.0, "seconds results are kept in Redis (default 0: not kept, see README)"
     )
+    flag_ttl: float = _env(
+        "FLAG_TTL", 2.0, "seconds a flag value is cached; the bound when notifications are lost"
+    )
+    flag_timeout: float = _env(
+        "FLAG_TIMEOUT", 0.5, "seconds an enqueue waits for the flag store before using what it has"
+    )
+    flags_fail_closed: bool = _env(
+        "FLAGS_FAIL_CLOSED",
+        False,
+        "true: treat every job as disabled while flags were never loaded (default false: run)",
+    )
     log_format: str = _env("LOG_FORMAT", "auto", "auto, json or console (auto: console on a TTY)")
     log_level: str = _env("LOG_LEVEL", "info", "debug, info, warning or error (default info)")
 
@@ -74,7 +85,14 @@ class Settings:
                 PREFIX + "DATABASE_URL",
                 "postgresql://user@host:5432/dbname",
             )
-        for name in ("redis_timeout", "database_timeout", "poll_delay", "job_timeout"):
+        for name in (
+            "redis_timeout",
+            "database_timeout",
+            "poll_delay",
+            "job_timeout",
+            "flag_ttl",
+            "flag_timeout",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{_var(name)} must be a positive number of seconds")
         if self.keep_result < 0:
@@ -130,11 +148,18 @@ def _var(name: str) -> str:
 
 def _parse(name: str, raw: str, var: str) -> Any:
     default = Settings.__dataclass_fields__[name].default
-    kind = str if default is None else type(default)
+    kind: type = str if default is None else type(default)
     if name == "imports":
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     if name in ("log_format", "log_level"):
         return raw.lower()
+    if kind is bool:
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigurationError(f"{var} must be true or false, not {raw!r}")
     if kind is int:
         try:
             return int(raw)

@@ -56,15 +56,16 @@ def main(argv: list[str]) -> int:
         json.dumps({"machine": machine, "cases": results}, indent=2) + "\n"
     )
     print()
-    print(f"{'case':28} {'value':>14} {'baseline':>14} {'ratio':>7}  target / met")
+    print(f"{'case':32} {'value':>12} {'unit':10} {'baseline':>10} {'ratio':>7}  target / met")
     for r in results:
         base = r.get("baseline") or {}
+        baseline = f"{base['value']:,.1f}" if base else "-"
+        ratio = f"{r['ratio']:.2f}x" if r.get("ratio") is not None else "-"
         print(
-            f"{r['name']:28} {r['value']:>10,.1f} {r['unit'].split('/')[0]:<3}"
-            f" {base.get('value', float('nan')):>14,.1f} {r['ratio']:>6.2f}x"
+            f"{r['name']:32} {r['value']:>12,} {r['unit']:<10} {baseline:>10} {ratio:>7}"
             f"  {r['target']} / {'met' if r['met'] else 'NOT MET'}"
         )
-        print(f"{'':28} {r['notes']}")
+        print(f"{'':32} {r['notes']}")
     print(f"\nmachine: {machine}; figures in {ROOT / 'bench-results.json'}")
     return 0
 

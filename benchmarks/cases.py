@@ -74,3 +74,233 @@ def worker_drain_noop(urls: dict[str, str]) -> dict[str, Any]:
 CASES: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
     "worker.drain.noop": worker_drain_noop,
 }
+
+
+# -- the kill switch ---------------------------------------------------------
+
+
+def _app(urls: dict[str, str], **overrides: Any) -> Any:
+    import asyncjobs
+
+    return asyncjobs.App(
+        asyncjobs.Settings(
+            redis_url=urls["redis"], database_url=urls["postgres"], log_level="error", **overrides
+        )
+    )
+
+
+def flags_check_warm(urls: dict[str, str]) -> dict[str, Any]:
+    """flags.check.warm: one kill-switch check on a warm cache (``FlagStore.cached``).
+
+    Includes the TTL check and the set lookup the enqueue and execution gates
+    do per job; excludes everything else. arq-free: no Redis involved. The
+    snapshot holds 100 enabled flags. Round trips are counted with the store's
+    own load counter, which every snapshot query increments.
+    """
+    import asyncio
+    import timeit
+
+    async def run() -> tuple[list[float], int]:
+        async with _app(urls, flag_ttl=3600.0) as app:
+            await app.migrate()
+            for i in range(100):
+                await app.flags.enable(f"disable_bench_job_{i}")
+            await app.flags.refresh()
+            loads = app.flags.loads
+            check = app.flags.cached
+            n = 1_000_000
+            per_call = [
+                timeit.timeit(lambda: check("disable_noop"), number=n) / n for _ in range(REPS)
+            ]
+            return per_call, app.flags.loads - loads
+
+    per_call, round_trips = asyncio.run(run())
+    value = statistics.median(per_call) * 1e6
+    return {
+        "name": "flags.check.warm",
+        "value": round(value, 3),
+        "unit": "us/check",
+        "baseline": None,
+        "ratio": None,
+        "target": "<= 1 us median, 0 round trips",
+        "met": value <= 1.0 and round_trips == 0,
+        "runs": [round(x * 1e6, 3) for x in per_call],
+        "notes": f"{REPS} x 1,000,000 checks; round trips during them: {round_trips}",
+    }
+
+
+def flags_cold_cache_concurrent(urls: dict[str, str]) -> dict[str, Any]:
+    """flags.cold_cache.concurrent_1000: 1,000 concurrent enqueues on a cold flag cache.
+
+    Counts the snapshot queries the kill switch makes (the store's load counter)
+    while 1,000 ``enqueue()`` calls start at once on an App whose cache is cold.
+    """
+    import asyncio
+
+    from benchmarks.benchjobs import noop
+
+    async def run() -> list[int]:
+        counts = []
+        async with _app(urls) as app:
+            await app.migrate()
+            for _ in range(REPS):
+                app.flags._fresh_until = 0.0
+                before = app.flags.loads
+                await asyncio.gather(*(app.enqueue(noop, i) for i in range(1000)))
+                counts.append(app.flags.loads - before)
+            await (await app.redis()).flushdb()
+        return counts
+
+    counts = asyncio.run(run())
+    return {
+        "name": "flags.cold_cache.concurrent_1000",
+        "value": max(counts),
+        "unit": "queries",
+        "baseline": None,
+        "ratio": None,
+        "target": "exactly 1 flag query",
+        "met": all(c == 1 for c in counts),
+        "runs": counts,
+        "notes": f"{REPS} rounds of 1,000 concurrent enqueues, each on a cold cache",
+    }
+
+
+def flags_propagation(urls: dict[str, str]) -> dict[str, Any]:
+    """flags.propagation: time from ``flags.enable`` in one process to the first
+    rejected enqueue in another (and from ``disable`` to the first accepted one).
+
+    The other process enqueues in a loop (about one enqueue per millisecond)
+    with a warm cache and the default TTL; what it sees first is the NOTIFY.
+    Measured from just before the enabling call to the child's timestamp of
+    the first rejection, over 20 flips; clocks are the same machine's.
+    """
+    import asyncio
+    import time
+
+    async def run() -> list[float]:
+        delays: list[float] = []
+        async with _app(urls) as app:
+            await app.migrate()
+            await app.flags.disable("disable_noop")
+            child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "benchmarks._flip",
+                urls["redis"],
+                urls["postgres"],
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert child.stdout is not None and child.stdin is not None
+            assert (await child.stdout.readline()).strip() == b"ready"
+            for flip in range(20):
+                on = flip % 2 == 0
+                start = time.time()
+                await (app.flags.enable if on else app.flags.disable)("disable_noop")
+                state, seen = (await asyncio.wait_for(child.stdout.readline(), 30)).split()
+                assert state == (b"on" if on else b"off")
+                delays.append(float(seen) - start)
+                await asyncio.sleep(0.05)
+            child.stdin.close()
+            await child.wait()
+            await (await app.redis()).flushdb()
+        return delays
+
+    delays = asyncio.run(run())
+    median_ms, max_ms = statistics.median(delays) * 1000, max(delays) * 1000
+    return {
+        "name": "flags.propagation",
+        "value": round(median_ms, 2),
+        "unit": "ms median",
+        "baseline": None,
+        "ratio": None,
+        "target": "< 1 s with notifications (max reported)",
+        "met": max_ms < 1000,
+        "runs": [round(d * 1000, 2) for d in delays],
+        "notes": f"20 flips; max {max_ms:.1f} ms; TTL {2.0}s would be the bound without NOTIFY",
+    }
+
+
+def _enqueue_case(urls: dict[str, str], concurrency: int) -> dict[str, Any]:
+    import asyncio
+    import time
+
+    from arq.connections import RedisSettings, create_pool
+
+    from benchmarks.benchjobs import noop
+
+    total = 2000 if concurrency == 1 else 5000
+
+    async def timed(enqueue: Any) -> float:
+        per_task = total // concurrency
+
+        async def worker() -> None:
+            for i in range(per_task):
+                await enqueue(i)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return total / (time.perf_counter() - start)
+
+    async def run() -> tuple[list[float], list[float]]:
+        ours, base = [], []
+        async with _app(urls, flag_ttl=3600.0) as app:
+            await app.migrate()
+            await app.flags.enable("disable_some_other_job")
+            arq = await create_pool(RedisSettings.from_dsn(urls["redis"]))
+            redis = await app.redis()
+            await app.enqueue(noop, 0)  # warm: pools open, flags loaded
+            await arq.enqueue_job("noop", 0)
+            for _ in range(REPS):
+                await redis.flushdb()
+                ours.append(await timed(lambda i: app.enqueue(noop, i)))
+                await redis.flushdb()
+                base.append(await timed(lambda i: arq.enqueue_job("noop", i)))
+            await redis.flushdb()
+            await arq.aclose()
+        return ours, base
+
+    ours, base = asyncio.run(run())
+    value, baseline = statistics.median(ours), statistics.median(base)
+    ratio = value / baseline
+    name = "sequential" if concurrency == 1 else f"concurrent_{concurrency}"
+    target = 2.0 if concurrency == 1 else 1.5
+    return {
+        "name": f"enqueue.single.{name}",
+        "value": round(value, 1),
+        "unit": "jobs/s",
+        "baseline": {"name": f"arq.enqueue_job.{name}", "value": round(baseline, 1)},
+        "ratio": round(ratio, 2),
+        "target": f">= 0.95x baseline (kill switch, #3); >= {target}x (fast enqueue, #4)",
+        "met": ratio >= 0.95,
+        "runs": [round(r, 1) for r in ours],
+        "baseline_runs": [round(r, 1) for r in base],
+        "notes": (
+            f"{total} enqueues per run from {concurrency} task(s), interleaved with arq; "
+            "kill switch on with a warm cache (one other flag enabled); includes option "
+            "checks, argument binding, the middleware chain and JSON serialization"
+        ),
+    }
+
+
+def enqueue_single_sequential(urls: dict[str, str]) -> dict[str, Any]:
+    """enqueue.single.sequential: ``await enqueue(job, i)`` one after another, vs arq's
+    ``ArqRedis.enqueue_job`` (pickle, its defaults) in the same run."""
+    return _enqueue_case(urls, 1)
+
+
+def enqueue_single_concurrent(urls: dict[str, str]) -> dict[str, Any]:
+    """enqueue.single.concurrent_100: 100 tasks enqueueing at once, vs arq's
+    ``enqueue_job`` the same way in the same run."""
+    return _enqueue_case(urls, 100)
+
+
+CASES.update(
+    {
+        "flags.check.warm": flags_check_warm,
+        "flags.cold_cache.concurrent_1000": flags_cold_cache_concurrent,
+        "flags.propagation": flags_propagation,
+        "enqueue.single.sequential": enqueue_single_sequential,
+        "enqueue.single.concurrent_100": enqueue_single_concurrent,
+    }
+)

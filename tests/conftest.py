@@ -22,6 +22,9 @@ import asyncjobs
 from asyncjobs.testing import EmbeddedServices
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Configured before any App does, without logger caching, so capture_logs() sees events.
+asyncjobs.configure_logging("json", "info", force=True, cache=False)
 _redis_db = itertools.count(1)
 
 

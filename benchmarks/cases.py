@@ -191,7 +191,8 @@ def flags_propagation(urls: dict[str, str]) -> dict[str, Any]:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
             )
-            assert child.stdout is not None and child.stdin is not None
+            assert child.stdout is not None
+            assert child.stdin is not None
             assert (await child.stdout.readline()).strip() == b"ready"
             for flip in range(20):
                 on = flip % 2 == 0

@@ -7,7 +7,8 @@ and run workers with ``arq asyncjobs.WorkerSettings``.
 from __future__ import annotations
 
 from . import flags
-from .app import App, enqueue, get_app, reset_app, set_app
+from .app import App, enqueue, enqueue_many, enqueue_stream, get_app, reset_app, set_app
+from .bulk import Args
 from .exceptions import (
     AsyncJobsError,
     ConfigurationError,
@@ -34,6 +35,7 @@ from .worker import WorkerSettings
 
 __all__ = [
     "App",
+    "Args",
     "AsyncJobsError",
     "ConfigurationError",
     "DatabaseUnavailableError",
@@ -58,6 +60,8 @@ __all__ = [
     "WorkerSettings",
     "configure_logging",
     "enqueue",
+    "enqueue_many",
+    "enqueue_stream",
     "flag_name",
     "flags",
     "get_app",

@@ -18,7 +18,7 @@ and :func:`reset_app` forgets it (for tests).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -27,10 +27,11 @@ import structlog
 from arq.connections import ArqRedis
 from arq.jobs import Job
 from redis.asyncio import ConnectionPool
+from redis.commands.core import AsyncScript
 
 from . import flags as flags_module
 from . import logs
-from .enqueue import split_options, write_job
+from .enqueue import ENQUEUE_LUA, split_options, write_job
 from .exceptions import DatabaseUnavailableError
 from .jobs import Registry, default_registry
 from .middleware import EnqueueRequest, ExecutionRequest, Handler, Middleware, compose
@@ -75,6 +76,8 @@ class App:
         self._db: asyncpg.Pool | None = None
         self._db_lock = asyncio.Lock()
         self._client_chain: Handler[EnqueueRequest] | None = None
+        self._bulk_chain: Handler[EnqueueRequest] | None = None
+        self._enqueue_script: AsyncScript | None = None
 
     async def __aenter__(self) -> App:
         return self
@@ -96,9 +99,9 @@ class App:
         if self._redis is None:
             url = self.settings.require_redis_url()
             timeout = self.settings.redis_timeout
-            pool = ConnectionPool.from_url(
-                url, socket_connect_timeout=timeout, socket_timeout=timeout
-            )
+            # Reads are bounded per enqueue (asyncio.timeout), not per socket read:
+            # a socket timeout would wrap every read in a timeout context of its own.
+            pool = ConnectionPool.from_url(url, socket_connect_timeout=timeout)
             self._redis = ArqRedis(
                 pool,
                 job_serializer=serialize,
@@ -106,6 +109,20 @@ class App:
                 default_queue_name=self.settings.queue_name,
             )
         return self._redis
+
+    async def enqueue_script(self) -> AsyncScript:
+        """The enqueue Lua script, registered on this App's Redis client."""
+        if self._enqueue_script is None:
+            self._enqueue_script = (await self.redis()).register_script(ENQUEUE_LUA)
+        return self._enqueue_script
+
+    def bulk_chain(self) -> Handler[EnqueueRequest]:
+        """The client chain whose innermost step collects jobs for a batch write."""
+        if self._bulk_chain is None:
+            from .bulk import bulk_chain
+
+            self._bulk_chain = bulk_chain(self)
+        return self._bulk_chain
 
     async def db(self) -> asyncpg.Pool:
         """The asyncpg pool, created on first use.
@@ -152,6 +169,42 @@ class App:
         result: Job | None = await chain(EnqueueRequest(self, spec, args, job_kwargs, options))
         return result
 
+    async def enqueue_many(
+        self,
+        job: Any,
+        items: Iterable[Any] | AsyncIterable[Any],
+        /,
+        *,
+        batch_size: int = 1000,
+        **options: Any,
+    ) -> list[Job | None]:
+        """Enqueue one ``job`` per item, ``batch_size`` per Redis round trip.
+
+        An item is a tuple of positional arguments, an :class:`~asyncjobs.Args`
+        (keyword arguments and per-job ``_options``), or the job's one argument.
+        ``options`` (``_defer_by``, ``_jitter`` ...) apply to every job. Returns,
+        in input order, each job's :class:`~arq.jobs.Job` or ``None`` (rejected by
+        middleware, or a duplicate ``_job_id``). Every result is kept: for millions
+        of items use :meth:`enqueue_stream`. See :mod:`asyncjobs.bulk`.
+        """
+        from .bulk import enqueue_many
+
+        return await enqueue_many(self, job, items, batch_size=batch_size, **options)
+
+    def enqueue_stream(
+        self,
+        job: Any,
+        items: Iterable[Any] | AsyncIterable[Any],
+        /,
+        *,
+        batch_size: int = 1000,
+        **options: Any,
+    ) -> AsyncIterator[list[Job | None]]:
+        """Like :meth:`enqueue_many`, yielding each batch's results: memory stays bounded."""
+        from .bulk import enqueue_stream
+
+        return enqueue_stream(self, job, items, batch_size=batch_size, **options)
+
     async def migrate(self) -> list[str]:
         """Apply the runtime's pending schema migrations; returns the names applied."""
         from .schema import migrate
@@ -168,6 +221,7 @@ class App:
         """Close both pools. The App can be used again afterwards (it reconnects)."""
         await self.flags.close()
         redis, self._redis = self._redis, None
+        self._enqueue_script = None
         db, self._db = self._db, None
         if redis is not None:
             await redis.aclose(close_connection_pool=True)
@@ -201,3 +255,27 @@ def reset_app() -> None:
 async def enqueue(job: Any, /, *args: Any, **kwargs: Any) -> Job | None:
     """:meth:`App.enqueue` on the default App."""
     return await get_app().enqueue(job, *args, **kwargs)
+
+
+async def enqueue_many(
+    job: Any,
+    items: Iterable[Any] | AsyncIterable[Any],
+    /,
+    *,
+    batch_size: int = 1000,
+    **options: Any,
+) -> list[Job | None]:
+    """:meth:`App.enqueue_many` on the default App."""
+    return await get_app().enqueue_many(job, items, batch_size=batch_size, **options)
+
+
+def enqueue_stream(
+    job: Any,
+    items: Iterable[Any] | AsyncIterable[Any],
+    /,
+    *,
+    batch_size: int = 1000,
+    **options: Any,
+) -> AsyncIterator[list[Job | None]]:
+    """:meth:`App.enqueue_stream` on the default App."""
+    return get_app().enqueue_stream(job, items, batch_size=batch_size, **options)

@@ -5,6 +5,15 @@ payload with arq's TTL rule, and the id in the queue's sorted set scored by
 the time it may run), so arq's unmodified worker runs what asyncjobs enqueues.
 A ``_job_id`` is refused while a job or a result with that id exists, as in
 arq: ``enqueue()`` then returns ``None``.
+
+Unlike arq's ``enqueue_job`` (WATCH, EXISTS, MULTI/EXEC: three round trips),
+the check and the write are one Lua script called by its SHA (loaded again on
+NOSCRIPT), so a job costs one round trip and a batch of jobs costs one too.
+
+Jitter: ``_jitter=W`` (seconds or timedelta) adds a delay drawn uniformly from
+``[_jitter_min, W)`` (``_jitter_min`` defaults to 0) on top of any
+``_defer_by``/``_defer_until``; each job of an ``enqueue_many`` call draws its
+own, so a batch spreads evenly over the window.
 """
 
 from __future__ import annotations
@@ -12,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import difflib
 import json
+import random
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import uuid4
 
 import structlog
@@ -22,7 +32,6 @@ from arq.jobs import Job
 from arq.utils import timestamp_ms, to_unix_ms
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
 
 from . import logs
 from .exceptions import (
@@ -35,13 +44,23 @@ from .exceptions import (
 from .serializer import deserialize
 
 if TYPE_CHECKING:
+    from .app import App
     from .jobs import JobSpec
     from .middleware import EnqueueRequest
 
 ENQUEUE_OPTIONS = frozenset(
-    {"_job_id", "_queue_name", "_defer_until", "_defer_by", "_expires", "_job_try"}
+    {
+        "_job_id",
+        "_queue_name",
+        "_defer_until",
+        "_defer_by",
+        "_expires",
+        "_job_try",
+        "_jitter",
+        "_jitter_min",
+    }
 )
-"""The keyword options ``enqueue()`` takes, as arq's ``enqueue_job`` names them."""
+"""The keyword options ``enqueue()`` takes: arq's ``enqueue_job`` options, and jitter."""
 
 EXPIRES_EXTRA_MS = 86_400_000
 """arq's default: a job not started within a day of its run time expires."""
@@ -51,13 +70,13 @@ _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def split_options(
-    spec: JobSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+    spec: JobSpec, args: tuple[Any, ...], kwargs: dict[str, Any], *, bind: bool = True
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Separate the job's keyword arguments from enqueue's ``_options`` and check both.
 
     Raises :class:`UnknownOptionError` for an ``_option`` enqueue does not know,
     :class:`InvalidOptionError` for a bad value and :class:`JobArgumentsError`
-    when the arguments do not fit the job's signature.
+    when the arguments do not fit the job's signature (unless ``bind=False``).
     """
     options: dict[str, Any] = {}
     job_kwargs = kwargs
@@ -72,6 +91,8 @@ def split_options(
             else:
                 raise UnknownOptionError(_unknown_option_message(spec.name, key))
         _check_options(spec.name, options)
+    if not bind:
+        return job_kwargs, options
     try:
         spec.bind(args, job_kwargs)
     except TypeError as exc:
@@ -116,6 +137,13 @@ def _check_options(job_name: str, options: dict[str, Any]) -> None:
     for key in ("_job_id", "_queue_name"):
         if key in options and (not isinstance(options[key], str) or not options[key]):
             raise InvalidOptionError(f"{key} must be a non-empty string, not {options[key]!r}")
+    if "_jitter" in options:
+        high = _seconds("_jitter", options["_jitter"], allow_zero=False)
+        low = _seconds("_jitter_min", options.get("_jitter_min", 0), allow_zero=True)
+        if low >= high:
+            raise InvalidOptionError(f"_jitter_min ({low}s) must be less than _jitter ({high}s)")
+    elif "_jitter_min" in options:
+        raise InvalidOptionError("_jitter_min needs _jitter: the window is [_jitter_min, _jitter)")
     job_try = options.get("_job_try")
     if job_try is not None and (not isinstance(job_try, int) or job_try < 1):
         raise InvalidOptionError(f"_job_try must be a whole number from 1, not {job_try!r}")
@@ -150,50 +178,105 @@ def _serialization_message(
     )
 
 
-async def write_job(request: EnqueueRequest) -> Job | None:
-    """The innermost step of the client chain: write the job to Redis in arq's format."""
-    app = request.app
+ENQUEUE_LUA = """
+-- KEYS: per job, its job key, result key and queue. ARGV: per job, the
+-- expiry (ms), score, payload and id. A job is written whole (key and queue
+-- entry) or, while a job or result with its id exists, not at all: arq's rule.
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local k, a = i * 3, i * 4
+  if redis.call('EXISTS', KEYS[k + 1], KEYS[k + 2]) == 0 then
+    redis.call('PSETEX', KEYS[k + 1], ARGV[a + 1], ARGV[a + 3])
+    redis.call('ZADD', KEYS[k + 3], ARGV[a + 2], ARGV[a + 4])
+    out[i + 1] = 1
+  else
+    out[i + 1] = 0
+  end
+end
+return out
+"""
+
+
+class Prepared(NamedTuple):
+    """One job ready to write: everything the Lua script needs."""
+
+    job_id: str
+    queue: str
+    score: int
+    expires_ms: int
+    payload: bytes
+
+
+def prepare(request: EnqueueRequest) -> Prepared:
+    """Turn a request into the id, queue, score, TTL and JSON payload of its job."""
     options = request.options
     name = request.spec.name
-    queue = options.get("_queue_name") or request.spec.queue or app.settings.queue_name
+    queue = options.get("_queue_name") or request.spec.queue or request.app.settings.queue_name
     job_id = options.get("_job_id") or uuid4().hex
     now_ms = timestamp_ms()
-    defer_until = options.get("_defer_until")
-    if defer_until is not None:
-        score = to_unix_ms(defer_until)
-    elif "_defer_by" in options:
-        score = now_ms + round(_seconds("_defer_by", options["_defer_by"], allow_zero=True) * 1000)
-    else:
+    if not options:
         score = now_ms
+    else:
+        defer_until = options.get("_defer_until")
+        if defer_until is not None:
+            score = to_unix_ms(defer_until)
+        elif "_defer_by" in options:
+            score = now_ms + round(
+                _seconds("_defer_by", options["_defer_by"], allow_zero=True) * 1000
+            )
+        else:
+            score = now_ms
+        if "_jitter" in options:
+            score += round(_jitter_seconds(options) * 1000)
     if "_expires" in options:
         expires_ms = round(_seconds("_expires", options["_expires"], allow_zero=False) * 1000)
     else:
         expires_ms = score - now_ms + EXPIRES_EXTRA_MS
+    if expires_ms <= 0:
+        raise InvalidOptionError(
+            f"enqueue({name!r}): _defer_until is more than a day in the past, so the job "
+            "would expire before it could run; pass a later time or an explicit _expires"
+        )
     payload = serialize_job(name, request.args, request.kwargs, options.get("_job_try"), now_ms)
+    return Prepared(job_id, queue, score, expires_ms, payload)
 
-    redis = await app.redis()
-    job_key = job_key_prefix + job_id
+
+def _jitter_seconds(options: dict[str, Any]) -> float:
+    high = _seconds("_jitter", options["_jitter"], allow_zero=False)
+    low = _seconds("_jitter_min", options.get("_jitter_min", 0), allow_zero=True)
+    return random.uniform(low, high)
+
+
+async def write_prepared(app: App, jobs: list[Prepared], what: str) -> list[bool]:
+    """Write ``jobs`` in one round trip; for each, whether it was written (else: duplicate id)."""
+    keys: list[str] = []
+    args: list[Any] = []
+    for job in jobs:
+        keys += (job_key_prefix + job.job_id, result_key_prefix + job.job_id, job.queue)
+        args += (job.expires_ms, job.score, job.payload, job.job_id)
+    script = await app.enqueue_script()
     try:
         async with asyncio.timeout(app.settings.redis_timeout):
-            async with redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(job_key)
-                if await pipe.exists(job_key, result_key_prefix + job_id):
-                    await pipe.reset()  # type: ignore[no-untyped-call]
-                    _log.info(logs.JOB_REJECTED, job=name, job_id=job_id, reason="duplicate_id")
-                    return None
-                pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.psetex(job_key, expires_ms, payload)
-                pipe.zadd(queue, {job_id: score})
-                try:
-                    await pipe.execute()
-                except WatchError:
-                    _log.info(logs.JOB_REJECTED, job=name, job_id=job_id, reason="duplicate_id")
-                    return None
+            written = await script(keys=keys, args=args)
     except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
         raise RedisUnavailableError(
             f"Redis is unreachable ({type(exc).__name__}: {exc or 'timed out'} after at most "
-            f"{app.settings.redis_timeout}s); job {name!r} was not enqueued. "
+            f"{app.settings.redis_timeout}s); {what} not enqueued. "
             "Check ASYNCJOBS_REDIS_URL and that Redis is running."
         ) from exc
-    _log.debug(logs.JOB_ENQUEUED, job=name, job_id=job_id, queue=queue)
-    return Job(job_id, redis=redis, _queue_name=queue, _deserializer=deserialize)
+    return [flag == 1 for flag in written]
+
+
+async def write_job(request: EnqueueRequest) -> Job | None:
+    """The innermost step of the client chain: write the job to Redis in one round trip."""
+    job = prepare(request)
+    app = request.app
+    name = request.spec.name
+    (written,) = await write_prepared(app, [job], f"job {name!r} was")
+    if not written:
+        _log.info(logs.JOB_REJECTED, job=name, job_id=job.job_id, reason="duplicate_id")
+        return None
+    _log.debug(logs.JOB_ENQUEUED, job=name, job_id=job.job_id, queue=job.queue)
+    return Job(
+        job.job_id, redis=await app.redis(), _queue_name=job.queue, _deserializer=deserialize
+    )

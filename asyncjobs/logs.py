@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import structlog
 
 JOB_ENQUEUED = "job.enqueued"
+JOBS_ENQUEUED = "jobs.enqueued"
 JOB_REJECTED = "job.rejected"
 JOB_STARTED = "job.started"
 JOB_SUCCEEDED = "job.succeeded"

@@ -37,3 +37,9 @@ class InvoiceJob:
 async def always_fails(ctx: dict[str, Any], n: int) -> None:
     await _record(ctx, "always_fails", n)
     raise RuntimeError(f"boom {n}")
+
+
+@asyncjobs.job
+async def count_run(ctx: dict[str, Any], n: int) -> None:
+    """Counts how often each n ran, in the hash ``counts``."""
+    await ctx["redis"].hincrby("counts", str(n), 1)

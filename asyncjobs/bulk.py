@@ -1,0 +1,209 @@
+"""Bulk enqueue: many jobs of one kind, through the client chain, 1,000 per round trip.
+
+Each item becomes one job. An item is a tuple of positional arguments, an
+:class:`Args` (positional and keyword arguments, and per-job options such as
+``_job_id``), or any other value, which is the job's one argument. Items may
+come from any iterable or async iterable and are consumed batch by batch, so
+memory stays bounded by one batch whatever the count (use :func:`enqueue_stream`
+for millions; :func:`enqueue_many` keeps every result in a list).
+
+Every job passes the client middleware (the kill switch, uniqueness ...); the
+chain's innermost step collects the job instead of writing it, and the batch
+is written by one Lua call in which each job is written whole or not at all.
+Inside a bulk call ``call_next(request)`` therefore returns a placeholder, not
+the arq Job: middleware that needs the Job should only decide before calling
+next. An item that cannot be enqueued (bad arguments, not serializable) raises
+before anything of its batch is written; batches before it stay enqueued, and
+the error says how many jobs that was.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from arq.jobs import Job
+
+from . import logs
+from .enqueue import Prepared, prepare, split_options, write_prepared
+from .exceptions import EnqueueError, InvalidOptionError
+from .middleware import EnqueueRequest, compose
+from .serializer import deserialize
+
+if TYPE_CHECKING:
+    from .app import App
+    from .jobs import JobSpec
+
+MAX_BATCH = 10_000
+_log = structlog.get_logger("asyncjobs.bulk")
+
+
+class Args:
+    """The arguments of one job in a bulk call: ``Args(42, note="x", _job_id="invoice-42")``."""
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def __repr__(self) -> str:
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"Args({', '.join(parts)})"
+
+
+class _Pending:
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+_batch: contextvars.ContextVar[list[Prepared]] = contextvars.ContextVar("asyncjobs_bulk_batch")
+
+
+async def _collect(request: EnqueueRequest) -> _Pending:
+    batch = _batch.get()
+    batch.append(prepare(request))
+    return _Pending(len(batch) - 1)
+
+
+def bulk_chain(app: App) -> Any:
+    """The App's client chain with a collecting innermost step (composed once per App)."""
+    return compose(app.client_middleware, _collect)
+
+
+async def _items(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    elif isinstance(items, Iterable) and not isinstance(items, str | bytes | dict):
+        for item in items:
+            yield item
+    else:
+        raise EnqueueError(
+            f"enqueue_many takes an iterable or async iterable of job arguments, not "
+            f"{type(items).__name__}; e.g. [(1,), (2,)] or a generator of tuples"
+        )
+
+
+def _split_item(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(item, Args):
+        return item.args, item.kwargs
+    if isinstance(item, tuple):
+        return item, {}
+    return (item,), {}
+
+
+async def enqueue_stream(
+    app: App,
+    job: Any,
+    items: Iterable[Any] | AsyncIterable[Any],
+    *,
+    batch_size: int = 1000,
+    **options: Any,
+) -> AsyncIterator[list[Job | None]]:
+    """Enqueue one job per item; yield each batch's results (Job, or None if rejected)."""
+    spec: JobSpec = app.registry.resolve(job)
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
+        raise InvalidOptionError(f"batch_size must be a whole number from 1 to {MAX_BATCH}")
+    not_options = [k for k in options if not k.startswith("_")]
+    if not_options:
+        raise EnqueueError(
+            f"enqueue_many({spec.name!r}) got {', '.join(not_options)}: job arguments go in the "
+            "items (use Args(..., key=value) for keyword arguments); shared options start with '_'"
+        )
+    options = split_options(spec, (), options, bind=False)[1]
+    chain = app.bulk_chain()
+    done = 0
+    batch: list[Prepared] = []
+    results: list[Any] = []
+    token = _batch.set(batch)
+    try:
+        index = 0
+        async for item in _items(items):
+            args, kwargs = _split_item(item)
+            try:
+                job_kwargs, job_options = split_options(spec, args, kwargs)
+                if options:
+                    if job_options:
+                        job_options = split_options(
+                            spec, (), {**options, **job_options}, bind=False
+                        )[1]
+                    else:
+                        job_options = options.copy()
+                results.append(
+                    await chain(EnqueueRequest(app, spec, args, job_kwargs, job_options))
+                )
+            except EnqueueError as exc:
+                raise type(exc)(
+                    f"item {index} ({item!r}): {exc} -- {done} job(s) of earlier batches were "
+                    "enqueued; nothing of this batch was written"
+                ) from exc
+            index += 1
+            if len(results) >= batch_size:
+                yield await _flush(app, spec, batch, results, done)
+                done += len(results)
+                batch.clear()
+                results = []
+        if results:
+            yield await _flush(app, spec, batch, results, done)
+    finally:
+        _batch.reset(token)
+
+
+async def _flush(
+    app: App, spec: JobSpec, batch: list[Prepared], results: list[Any], done: int
+) -> list[Job | None]:
+    written = (
+        await write_prepared(
+            app, batch, f"{len(batch)} job(s) of this batch were ({done} before it were)"
+        )
+        if batch
+        else []
+    )
+    redis = await app.redis()
+    out: list[Job | None] = []
+    duplicates = 0
+    for result in results:
+        if isinstance(result, _Pending):
+            prepared = batch[result.index]
+            if written[result.index]:
+                out.append(
+                    Job(
+                        prepared.job_id,
+                        redis=redis,
+                        _queue_name=prepared.queue,
+                        _deserializer=deserialize,
+                    )
+                )
+            else:
+                duplicates += 1
+                out.append(None)
+        else:
+            out.append(result)
+    _log.debug(
+        logs.JOBS_ENQUEUED,
+        job=spec.name,
+        written=len(batch) - duplicates,
+        duplicates=duplicates,
+        rejected=len(results) - len(batch),
+    )
+    return out
+
+
+async def enqueue_many(
+    app: App,
+    job: Any,
+    items: Iterable[Any] | AsyncIterable[Any],
+    *,
+    batch_size: int = 1000,
+    **options: Any,
+) -> list[Job | None]:
+    """Enqueue one job per item; the results in input order (Job, or None if rejected)."""
+    out: list[Job | None] = []
+    async for results in enqueue_stream(app, job, items, batch_size=batch_size, **options):
+        out += results
+    return out

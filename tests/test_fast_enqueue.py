@@ -1,0 +1,266 @@
+"""One-round-trip enqueue (kept exactly compatible with arq), bulk enqueue and jitter."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from arq.connections import RedisSettings, create_pool
+from arq.worker import Worker, func
+
+from asyncjobs import (
+    App,
+    Args,
+    EnqueueError,
+    EnqueueRequest,
+    JobArgumentsError,
+    JobSerializationError,
+    Settings,
+)
+from asyncjobs.serializer import deserialize, serialize
+from asyncjobs.testing import WorkerProcess
+from tests.conftest import ROOT
+from tests.workerjobs import InvoiceJob, count_run, record_args
+
+
+async def _keys(redis: aioredis.Redis, job_id: str, queue: str = "arq:queue") -> dict[str, Any]:
+    raw = await redis.get(f"arq:job:{job_id}")
+    payload = json.loads(raw)
+    payload.pop("et")
+    return {
+        "type": (await redis.type(f"arq:job:{job_id}")).decode(),
+        "ttl_s": round(await redis.pttl(f"arq:job:{job_id}") / 1000),
+        "payload": payload,
+        "score_s": round(await redis.zscore(queue, job_id) / 1000),
+    }
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"_defer_by": 90},
+        {"_defer_by": timedelta(minutes=5), "_expires": 600},
+        {"_defer_until": datetime(2030, 1, 1, tzinfo=UTC)},
+        {"_expires": 30, "_queue_name": "other"},
+        {"_job_try": 3},
+    ],
+)
+async def test_writes_the_same_keys_as_arqs_enqueue_job(
+    app: App, redis_url: str, redis: aioredis.Redis, options: dict[str, Any]
+) -> None:
+    arq = await create_pool(RedisSettings.from_dsn(redis_url), job_serializer=serialize)
+    try:
+        ours = await app.enqueue(record_args, 1, [2], note="n", _job_id="ours", **options)
+        theirs = await arq.enqueue_job("record_args", 1, [2], note="n", _job_id="theirs", **options)
+    finally:
+        await arq.aclose()
+    assert ours is not None
+    assert theirs is not None
+    queue = options.get("_queue_name", "arq:queue")
+    assert await _keys(redis, "ours", queue) == await _keys(redis, "theirs", queue)
+    assert sorted(await redis.keys("*")) == sorted(
+        [b"arq:job:ours", b"arq:job:theirs", queue.encode()]
+    )
+
+
+async def test_duplicate_ids_are_refused_while_job_or_result_exists(
+    app: App, redis: aioredis.Redis
+) -> None:
+    assert await app.enqueue(record_args, 1, _job_id="x") is not None
+    assert await app.enqueue(record_args, 2, _job_id="x") is None
+    await redis.delete("arq:job:x")
+    await redis.set("arq:result:x", b"{}")
+    assert await app.enqueue(record_args, 3, _job_id="x") is None
+    await redis.delete("arq:result:x")
+    assert await app.enqueue(record_args, 4, _job_id="x") is not None
+
+
+async def test_the_script_is_reloaded_after_script_flush(app: App, redis: aioredis.Redis) -> None:
+    assert await app.enqueue(record_args, 1) is not None
+    await redis.script_flush()
+    assert await app.enqueue(record_args, 2) is not None
+    assert await redis.zcard("arq:queue") == 2
+
+
+async def _run_arq_worker(redis_url: str, ran: list[Any]) -> Worker:
+    async def plain(ctx: dict[str, Any], a: Any, b: Any = None, *, note: str = "") -> None:
+        ran.append(a)
+
+    worker = Worker(
+        functions=[func(plain, name="record_args")],
+        redis_settings=RedisSettings.from_dsn(redis_url),
+        burst=True,
+        poll_delay=0.01,
+        handle_signals=False,
+        job_deserializer=deserialize,
+        keep_result=0,
+    )
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    return worker
+
+
+async def test_arqs_worker_runs_deferred_jobs_drops_expired_ones_and_frees_ids(
+    app: App, redis_url: str, redis: aioredis.Redis
+) -> None:
+    ran: list[Any] = []
+    await app.enqueue(record_args, "expired", _expires=0.05)
+    await asyncio.sleep(0.2)
+    await app.enqueue(record_args, "deferred", _defer_by=0.5)
+    await app.enqueue(record_args, "now", _job_id="fixed")
+    start = time.monotonic()
+    worker = await _run_arq_worker(redis_url, ran)
+    assert sorted(ran) == ["deferred", "now"]
+    assert time.monotonic() - start >= 0.4  # the deferred job waited for its time
+    assert worker.jobs_failed == 1  # arq's own "job expired"
+    assert await redis.zcard("arq:queue") == 0
+    # keep_result=0: the id is free again as soon as its job finished
+    assert await app.enqueue(record_args, "again", _job_id="fixed") is not None
+
+
+async def test_jitter_spreads_jobs_uniformly_inside_its_window(
+    app: App, redis: aioredis.Redis
+) -> None:
+    before = time.time() * 1000
+    jobs = await app.enqueue_many(
+        record_args, range(2000), _jitter=timedelta(seconds=60), _jitter_min=30
+    )
+    after = time.time() * 1000
+    scores = [s for _, s in await redis.zrange("arq:queue", 0, -1, withscores=True)]
+    assert len(scores) == len(jobs) == 2000
+    delays = [s - before for s in scores]
+    assert min(delays) >= 30_000
+    assert max(s - after for s in scores) < 60_000
+    # uniform on [30 s, 60 s): each 10 s third holds about a third of the jobs
+    thirds = [sum(lo <= d < lo + 10_000 for d in delays) for lo in (30_000, 40_000, 50_000)]
+    assert all(500 < t < 830 for t in thirds), thirds
+    single = await app.enqueue(record_args, "one", _jitter=5)
+    assert single is not None
+    score = await redis.zscore("arq:queue", single.job_id)
+    assert 0 <= score - time.time() * 1000 < 5_000
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"_jitter_min": 5}, "_jitter_min needs _jitter"),
+        ({"_jitter": 5, "_jitter_min": 5}, "must be less than _jitter"),
+        ({"_jitter": -1}, "positive"),
+    ],
+)
+async def test_bad_jitter_is_a_clear_error(
+    app: App, redis: aioredis.Redis, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(EnqueueError, match=message):
+        await app.enqueue(record_args, 1, **options)
+    assert await redis.dbsize() == 0
+
+
+async def test_enqueue_many_returns_results_in_input_order(app: App, redis: aioredis.Redis) -> None:
+    items = [1, (2, "b"), Args(3, note="kw"), Args(4, _job_id="four"), (5,)]
+    jobs = await app.enqueue_many(record_args, items, batch_size=2)
+    assert [j.job_id for j in jobs if j][3] == "four"
+    payloads = [json.loads(await redis.get(f"arq:job:{j.job_id}")) for j in jobs if j]
+    assert [(p["a"], p["k"]) for p in payloads] == [
+        ([1], {}),
+        ([2, "b"], {}),
+        ([3], {"note": "kw"}),
+        ([4], {}),
+        ([5], {}),
+    ]
+    again = await app.enqueue_many(record_args, [Args(9, _job_id="four"), 10])
+    assert again[0] is None
+    assert again[1] is not None
+
+
+async def test_enqueue_many_takes_async_iterators_and_shared_options(
+    app: App, redis: aioredis.Redis
+) -> None:
+    async def rows() -> AsyncIterator[tuple[int]]:
+        for i in range(25):
+            yield (i,)
+
+    jobs = await app.enqueue_many(InvoiceJob, rows(), batch_size=10, _defer_by=3600)
+    assert len(jobs) == 25
+    assert all(jobs)
+    scores = [s for _, s in await redis.zrange("arq:queue", 0, -1, withscores=True)]
+    assert min(scores) > time.time() * 1000 + 3_500_000
+
+
+async def test_a_disabled_job_in_a_bulk_call_is_rejected_and_the_rest_go_through(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    async def odd_ids_only(request: EnqueueRequest, call_next: Any) -> Any:
+        return await call_next(request) if request.args[0] % 2 else None
+
+    async with App(settings, client_middleware=[odd_ids_only]) as app:
+        await app.migrate()
+        jobs = await app.enqueue_many(record_args, range(10))
+        assert [j is not None for j in jobs] == [i % 2 == 1 for i in range(10)]
+        assert await redis.zcard("arq:queue") == 5
+        await app.flags.enable("disable_record_args")
+        assert await app.enqueue_many(record_args, range(10)) == [None] * 10
+        assert await redis.zcard("arq:queue") == 5
+        (flag,) = await app.flags.list()
+        assert flag.rejected == 10
+
+
+@pytest.mark.parametrize(
+    ("items", "error", "message"),
+    [
+        (42, EnqueueError, "takes an iterable"),
+        ("abc", EnqueueError, "takes an iterable"),
+        ([1, 2, (3, 4, 5, 6)], JobArgumentsError, r"item 2 \(\(3, 4, 5, 6\)\): .*too many"),
+        ([1, object(), 3], JobSerializationError, r"item 1 .*cannot be written as JSON"),
+        ([1, Args(2, _defer=1)], EnqueueError, r"item 1 .*unknown option '_defer'"),
+    ],
+)
+async def test_bad_bulk_input_is_a_clear_error_and_nothing_of_its_batch_is_written(
+    app: App, redis: aioredis.Redis, items: Any, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        await app.enqueue_many(record_args, items)
+    assert await redis.dbsize() == 0
+
+
+async def test_earlier_batches_stay_when_a_later_item_is_bad(
+    app: App, redis: aioredis.Redis
+) -> None:
+    items = [*range(10), object()]
+    with pytest.raises(JobSerializationError, match="10 job"):
+        await app.enqueue_many(record_args, items, batch_size=5)
+    assert await redis.zcard("arq:queue") == 10
+    assert len(await redis.keys("arq:job:*")) == 10  # whole jobs only: key and queue entry
+
+
+async def test_enqueue_many_of_nothing_writes_nothing(app: App, redis: aioredis.Redis) -> None:
+    assert await app.enqueue_many(record_args, []) == []
+    with pytest.raises(EnqueueError, match="job arguments go in the items"):
+        await app.enqueue_many(record_args, [1], note="x")
+    assert await redis.dbsize() == 0
+
+
+@pytest.mark.slow
+async def test_ten_thousand_bulk_jobs_each_run_exactly_once(
+    worker_env: dict[str, str], app: App, redis: aioredis.Redis
+) -> None:
+    jobs = await app.enqueue_many(count_run, range(10_000))
+    assert all(jobs)
+    with WorkerProcess(worker_env, cwd=ROOT):
+        deadline = time.monotonic() + 120
+        while await redis.hlen("counts") < 10_000 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # a duplicate run would show up as a count of 2
+        counts = await redis.hgetall("counts")
+    assert len(counts) == 10_000
+    assert set(counts.values()) == {b"1"}
+    assert await redis.zcard("arq:queue") == 0

@@ -24,7 +24,6 @@ import json
 import random
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
-from uuid import uuid4
 
 import structlog
 from arq.constants import job_key_prefix, result_key_prefix
@@ -41,6 +40,7 @@ from .exceptions import (
     RedisUnavailableError,
     UnknownOptionError,
 )
+from .naming import new_job_id
 from .serializer import deserialize
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ def prepare(request: EnqueueRequest) -> Prepared:
     options = request.options
     name = request.spec.name
     queue = options.get("_queue_name") or request.spec.queue or request.app.settings.queue_name
-    job_id = options.get("_job_id") or uuid4().hex
+    job_id = options.get("_job_id") or new_job_id()
     now_ms = timestamp_ms()
     if not options:
         score = now_ms

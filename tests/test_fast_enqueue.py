@@ -264,3 +264,13 @@ async def test_ten_thousand_bulk_jobs_each_run_exactly_once(
     assert len(counts) == 10_000
     assert set(counts.values()) == {b"1"}
     assert await redis.zcard("arq:queue") == 0
+
+
+async def test_bulk_enqueue_with_redis_down_fails_fast_saying_what_is_known() -> None:
+    from asyncjobs import RedisUnavailableError
+    from asyncjobs.testing import free_port
+
+    dead = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout=0.5)
+    async with App(dead, kill_switch=False) as app:
+        with pytest.raises(RedisUnavailableError, match="0 job.s. of earlier batches"):
+            await app.enqueue_many(record_args, range(10))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import flags
 from .app import App, enqueue, enqueue_many, enqueue_stream, get_app, reset_app, set_app
-from .bulk import Args
+from .bulk import Args, BulkStats
 from .exceptions import (
     AsyncJobsError,
     ConfigurationError,
@@ -27,9 +27,11 @@ from .exceptions import (
     UnknownOptionError,
 )
 from .jobs import JobSpec, Registry, job
+from .locks import row_lock
 from .logs import configure_logging
 from .middleware import EnqueueRequest, ExecutionRequest, Middleware
 from .naming import flag_name, snake_case
+from .reconcilers import Reconciler, ReconcileResult, reconciler, stable_job_id
 from .settings import Settings
 from .worker import WorkerSettings
 
@@ -37,6 +39,7 @@ __all__ = [
     "App",
     "Args",
     "AsyncJobsError",
+    "BulkStats",
     "ConfigurationError",
     "DatabaseUnavailableError",
     "DuplicateJobError",
@@ -51,6 +54,8 @@ __all__ = [
     "JobSpec",
     "Middleware",
     "MigrationError",
+    "ReconcileResult",
+    "Reconciler",
     "RedisUnavailableError",
     "Registry",
     "ServiceUnavailableError",
@@ -66,7 +71,10 @@ __all__ = [
     "flags",
     "get_app",
     "job",
+    "reconciler",
     "reset_app",
+    "row_lock",
     "set_app",
     "snake_case",
+    "stable_job_id",
 ]

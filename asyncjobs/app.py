@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
@@ -37,6 +37,10 @@ from .jobs import Registry, default_registry
 from .middleware import EnqueueRequest, ExecutionRequest, Handler, Middleware, compose
 from .serializer import deserialize, serialize
 from .settings import Settings, redact
+
+if TYPE_CHECKING:
+    from .bulk import BulkStats
+    from .reconcilers import ReconcilerRegistry
 
 _log = structlog.get_logger("asyncjobs.app")
 
@@ -56,6 +60,7 @@ class App:
         settings: Settings | None = None,
         *,
         registry: Registry | None = None,
+        reconcilers: ReconcilerRegistry | None = None,
         client_middleware: Sequence[Middleware[EnqueueRequest]] = (),
         server_middleware: Sequence[Middleware[ExecutionRequest]] = (),
         kill_switch: bool = True,
@@ -63,6 +68,9 @@ class App:
         self.settings = settings if settings is not None else Settings.from_env()
         logs.configure_logging(self.settings.log_format, self.settings.log_level)
         self.registry = registry if registry is not None else default_registry
+        from .reconcilers import default_reconcilers
+
+        self.reconcilers = reconcilers if reconcilers is not None else default_reconcilers
         self.client_middleware: list[Middleware[EnqueueRequest]] = []
         self.server_middleware: list[Middleware[ExecutionRequest]] = []
         if kill_switch:
@@ -198,12 +206,16 @@ class App:
         /,
         *,
         batch_size: int = 1000,
+        stats: BulkStats | None = None,
         **options: Any,
     ) -> AsyncIterator[list[Job | None]]:
-        """Like :meth:`enqueue_many`, yielding each batch's results: memory stays bounded."""
+        """Like :meth:`enqueue_many`, yielding each batch's results: memory stays bounded.
+
+        ``stats`` (a :class:`~asyncjobs.bulk.BulkStats`) collects the counts if given.
+        """
         from .bulk import enqueue_stream
 
-        return enqueue_stream(self, job, items, batch_size=batch_size, **options)
+        return enqueue_stream(self, job, items, batch_size=batch_size, stats=stats, **options)
 
     async def migrate(self) -> list[str]:
         """Apply the runtime's pending schema migrations; returns the names applied."""

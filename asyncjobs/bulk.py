@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -52,6 +53,15 @@ class Args:
     def __repr__(self) -> str:
         parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
         return f"Args({', '.join(parts)})"
+
+
+@dataclass(slots=True)
+class BulkStats:
+    """Counts of a bulk call, filled in as its batches are written."""
+
+    written: int = 0
+    duplicates: int = 0
+    rejected: int = 0
 
 
 class _Pending:
@@ -103,9 +113,13 @@ async def enqueue_stream(
     items: Iterable[Any] | AsyncIterable[Any],
     *,
     batch_size: int = 1000,
+    stats: BulkStats | None = None,
     **options: Any,
 ) -> AsyncIterator[list[Job | None]]:
-    """Enqueue one job per item; yield each batch's results (Job, or None if rejected)."""
+    """Enqueue one job per item; yield each batch's results (Job, or None if rejected).
+
+    ``stats``, if given, is updated with the written, duplicate and rejected counts.
+    """
     spec: JobSpec = app.registry.resolve(job)
     if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
         raise InvalidOptionError(f"batch_size must be a whole number from 1 to {MAX_BATCH}")
@@ -144,18 +158,23 @@ async def enqueue_stream(
                 ) from exc
             index += 1
             if len(results) >= batch_size:
-                yield await _flush(app, spec, batch, results, done)
+                yield await _flush(app, spec, batch, results, done, stats)
                 done += len(results)
                 batch.clear()
                 results = []
         if results:
-            yield await _flush(app, spec, batch, results, done)
+            yield await _flush(app, spec, batch, results, done, stats)
     finally:
         _batch.reset(token)
 
 
 async def _flush(
-    app: App, spec: JobSpec, batch: list[Prepared], results: list[Any], done: int
+    app: App,
+    spec: JobSpec,
+    batch: list[Prepared],
+    results: list[Any],
+    done: int,
+    stats: BulkStats | None,
 ) -> list[Job | None]:
     written = (
         await write_prepared(
@@ -188,6 +207,10 @@ async def _flush(
                 out.append(None)
         else:
             out.append(result)
+    if stats is not None:
+        stats.written += len(batch) - duplicates
+        stats.duplicates += duplicates
+        stats.rejected += len(results) - len(batch)
     _log.debug(
         logs.JOBS_ENQUEUED,
         job=spec.name,

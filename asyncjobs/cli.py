@@ -286,6 +286,55 @@ def flags_history(flag: str | None, limit: int) -> None:
 
 
 @main.command()
+@click.argument("name", required=False)
+@click.option("--list", "list_", is_flag=True, help="List the reconcilers instead.")
+def reconcile(name: str | None, list_: bool) -> None:
+    """Run reconciler NAME once, now, and print its counts (or --list them)."""
+    from .app import get_app
+
+    _registry_from_env()
+    app = get_app()
+    if list_ or name is None:
+        if not len(app.reconcilers):
+            click.echo("no reconcilers registered; set ASYNCJOBS_IMPORTS to their modules")
+            return
+
+        async def states() -> dict[str, bool] | None:
+            if app.settings.database_url is None:
+                return None
+            try:
+                return {f.name: f.enabled for f in await app.flags.list()}
+            finally:
+                await app.close()
+
+        stopped = _run(states)
+        click.echo(f"{'reconciler':28} {'job':24} {'schedule':26} {'state':8} flag")
+        for rec in app.reconcilers:
+            state = "?" if stopped is None else ("STOPPED" if stopped.get(rec.flag) else "running")
+            click.echo(
+                f"{rec.name:28} {rec.job_name:24} {rec.describe_schedule():26} {state:8} {rec.flag}"
+            )
+        return
+    try:
+        rec = app.reconcilers.get(name)
+    except AsyncJobsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    async def go() -> Any:
+        try:
+            return await rec.run(app)
+        finally:
+            await app.close()
+
+    result = _run(go)
+    click.echo(
+        f"{result.name}: {result.rows} pending row(s) scanned, {result.enqueued} job(s) "
+        f"enqueued, {result.duplicates} already queued, {result.rejected} rejected "
+        f"(kill switch or middleware), in {result.duration_ms:.0f} ms"
+    )
+
+
+@main.command()
 def shell() -> None:
     """An asyncio Python shell with the App connected: `await flags.enable(...)` works.
 

@@ -39,6 +39,7 @@ REDIS_UNAVAILABLE = "redis.unavailable"
 REDIS_RECONNECTED = "redis.reconnected"
 DATABASE_UNAVAILABLE = "database.unavailable"
 MIGRATION_APPLIED = "migration.applied"
+RECONCILER_FINISHED = "reconciler.finished"
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR

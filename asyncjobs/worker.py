@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import structlog
 from arq.connections import RedisSettings
+from arq.cron import CronJob
 from arq.typing import WorkerCoroutine
 from arq.worker import Function, Retry, func
 from redis.asyncio.retry import Retry as RedisRetry
@@ -209,12 +210,19 @@ def _ms_since(start: float) -> float:
 
 
 def _functions(app: App) -> list[Function]:
+    scheduled = {rec.name for rec in app.reconcilers}
     return [
         func(
             executor(spec, app), name=spec.name, timeout=spec.timeout, keep_result=spec.keep_result
         )
         for spec in app.registry
+        if spec.name not in scheduled
     ]
+
+
+def _cron_jobs(app: App) -> list[CronJob]:
+    """One arq cron job per reconciler, running through the execution wrapper."""
+    return [rec.cron_job(executor(rec.spec, app)) for rec in app.reconcilers]
 
 
 def _hooks(
@@ -274,6 +282,7 @@ def resolve_worker_options(own: dict[str, Any]) -> dict[str, Any]:
     )
     options: dict[str, Any] = {
         "functions": _functions(app),
+        "cron_jobs": _cron_jobs(app),
         "queue_name": cfg.queue_name,
         "redis_settings": redis_settings(cfg, retry),
         "job_serializer": serialize,

@@ -40,6 +40,7 @@ REDIS_RECONNECTED = "redis.reconnected"
 DATABASE_UNAVAILABLE = "database.unavailable"
 MIGRATION_APPLIED = "migration.applied"
 RECONCILER_FINISHED = "reconciler.finished"
+RECONCILER_FAILED = "reconciler.failed"
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR

@@ -141,27 +141,19 @@ class Reconciler:
     async def run(self, app: App, ctx: dict[str, Any] | None = None) -> ReconcileResult:
         """Run once: stream the pending rows and enqueue their jobs; returns the counts."""
         start = time.perf_counter()
-        made = await self.query({} if ctx is None else ctx)
-        sql, params = (made, ()) if isinstance(made, str) else (made[0], tuple(made[1]))
         stats = BulkStats()
-        rows = 0
-        options: dict[str, Any] = {}
-        if self.jitter:
-            options["_jitter"] = self.jitter
-        pool = await app.db()
-        async with pool.acquire() as conn, conn.transaction(readonly=True):
-            cursor = conn.cursor(sql, *params, prefetch=self.batch_size)
-
-            async def items() -> Any:
-                nonlocal rows
-                async for row in cursor:
-                    rows += 1
-                    yield self.job_args(row)
-
-            async for _ in app.enqueue_stream(
-                self.job, items(), batch_size=self.batch_size, stats=stats, **options
-            ):
-                pass
+        try:
+            rows = await self._run(app, {} if ctx is None else ctx, stats)
+        except Exception as exc:
+            _log.error(
+                logs.RECONCILER_FAILED,
+                reconciler=self.name,
+                job=self.job_name,
+                error=f"{type(exc).__name__}: {exc}",
+                enqueued=stats.written,
+                duration_ms=round((time.perf_counter() - start) * 1000, 3),
+            )
+            raise
         result = ReconcileResult(
             name=self.name,
             rows=rows,
@@ -181,6 +173,37 @@ class Reconciler:
             duration_ms=result.duration_ms,
         )
         return result
+
+    async def _run(self, app: App, ctx: dict[str, Any], stats: BulkStats) -> int:
+        made = await self.query(ctx)
+        if isinstance(made, str):
+            sql, params = made, ()
+        elif isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], str):
+            sql, params = made[0], tuple(made[1])
+        else:
+            raise TypeError(
+                f"reconciler {self.name!r} must return its SQL as a string or (sql, params), "
+                f"not {made!r}"
+            )
+        rows = 0
+        options: dict[str, Any] = {}
+        if self.jitter:
+            options["_jitter"] = self.jitter
+        pool = await app.db()
+        async with pool.acquire() as conn, conn.transaction(readonly=True):
+            cursor = conn.cursor(sql, *params, prefetch=self.batch_size)
+
+            async def items() -> Any:
+                nonlocal rows
+                async for row in cursor:
+                    rows += 1
+                    yield self.job_args(row)
+
+            async for _ in app.enqueue_stream(
+                self.job, items(), batch_size=self.batch_size, stats=stats, **options
+            ):
+                pass
+        return rows
 
     def cron_job(self, coroutine: Any) -> CronJob:
         """The arq CronJob that runs ``coroutine`` (the executor of this reconciler's job)."""

@@ -85,18 +85,20 @@ def bulk_chain(app: App) -> Any:
     return compose(app.client_middleware, _collect)
 
 
-async def _items(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+def _source(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterable[Any]:
     if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield item
-    elif isinstance(items, Iterable) and not isinstance(items, str | bytes | dict):
-        for item in items:
-            yield item
-    else:
-        raise EnqueueError(
-            f"enqueue_many takes an iterable or async iterable of job arguments, not "
-            f"{type(items).__name__}; e.g. [(1,), (2,)] or a generator of tuples"
-        )
+        return items  # iterated directly: no extra generator hop per item
+    if isinstance(items, Iterable) and not isinstance(items, str | bytes | dict):
+        return _from_sync(items)
+    raise EnqueueError(
+        f"enqueue_many takes an iterable or async iterable of job arguments, not "
+        f"{type(items).__name__}; e.g. [(1,), (2,)] or a generator of tuples"
+    )
+
+
+async def _from_sync(items: Iterable[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
 
 
 def _split_item(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -137,7 +139,7 @@ async def enqueue_stream(
     token = _batch.set(batch)
     try:
         index = 0
-        async for item in _items(items):
+        async for item in _source(items):
             args, kwargs = _split_item(item)
             try:
                 job_kwargs, job_options = split_options(spec, args, kwargs)

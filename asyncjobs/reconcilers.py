@@ -55,10 +55,17 @@ _log = structlog.get_logger("asyncjobs.reconcilers")
 QueryFunction = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
+_encode_sorted = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+
+
 def stable_job_id(job_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """``<job>:<first 32 hex of sha256 of the JSON arguments>``: the same for the same call."""
-    encoded = json.dumps([args, kwargs], sort_keys=True, separators=(",", ":"), default=str)
-    return f"{job_name}:{hashlib.sha256(encoded.encode()).hexdigest()[:32]}"
+    """``<job>:<32 hex>`` where the hex is a BLAKE2b-128 digest of the arguments as sorted JSON.
+
+    The same job and arguments give the same id in every process and Python
+    version (no use of ``hash()``); values JSON cannot carry are hashed as ``str()``.
+    """
+    encoded = _encode_sorted([args, kwargs]).encode()
+    return f"{job_name}:{hashlib.blake2b(encoded, digest_size=16).hexdigest()}"
 
 
 def schedule_from_every(every: timedelta) -> dict[str, Any]:

@@ -165,22 +165,28 @@ _reason = click.option("--reason", "-r", help="Why; recorded in the flag's histo
 _actor = click.option("--actor", help="Who; recorded in history (default: the OS user).")
 
 
+def _switch_job(job_name: str, stop: bool, actor: str | None, reason: str | None) -> None:
+    try:
+        spec = _registry_from_env().get(job_name)
+    except AsyncJobsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(_describe(_change(spec.flag, stop, actor, reason)))
+    if stop:
+        click.echo(
+            f"{spec.name} is stopped: new enqueues return None and queued copies are skipped "
+            f"by workers (within ASYNCJOBS_FLAG_TTL). Undo: asyncjobs jobs enable {spec.name}"
+        )
+    else:
+        click.echo(f"{spec.name} runs: enqueues go through and workers run it.")
+
+
 @jobs.command("disable")
 @click.argument("job_name")
 @_reason
 @_actor
 def jobs_disable(job_name: str, reason: str | None, actor: str | None) -> None:
     """Stop JOB: turn its disable_<job> flag on. Enqueues are rejected, queued ones skipped."""
-    try:
-        spec = _registry_from_env().get(job_name)
-    except AsyncJobsError as exc:
-        raise click.ClickException(str(exc)) from exc
-    change = _change(spec.flag, True, actor, reason)
-    click.echo(_describe(change))
-    click.echo(
-        f"{spec.name} is stopped: new enqueues return None and queued copies are skipped "
-        f"by workers (within ASYNCJOBS_FLAG_TTL). Undo: asyncjobs jobs enable {spec.name}"
-    )
+    _switch_job(job_name, True, actor, reason)
 
 
 @jobs.command("enable")
@@ -189,13 +195,7 @@ def jobs_disable(job_name: str, reason: str | None, actor: str | None) -> None:
 @_actor
 def jobs_enable(job_name: str, reason: str | None, actor: str | None) -> None:
     """Let JOB run again: turn its disable_<job> flag off."""
-    try:
-        spec = _registry_from_env().get(job_name)
-    except AsyncJobsError as exc:
-        raise click.ClickException(str(exc)) from exc
-    change = _change(spec.flag, False, actor, reason)
-    click.echo(_describe(change))
-    click.echo(f"{spec.name} runs: enqueues go through and workers run it.")
+    _switch_job(job_name, False, actor, reason)
 
 
 @main.group()

@@ -156,49 +156,29 @@ def executor(spec: JobSpec, app: App) -> WorkerCoroutine:
     chain = compose(app.server_middleware, invoke)
 
     async def execute(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        job_id = ctx.get("job_id")
-        job_try = ctx.get("job_try", 1)
-        log.debug(logs.JOB_STARTED, job=name, job_id=job_id, job_try=job_try)
+        about = {"job": name, "job_id": ctx.get("job_id"), "job_try": ctx.get("job_try", 1)}
+        log.debug(logs.JOB_STARTED, **about)
         start = time.perf_counter()
         try:
             result = await chain(ExecutionRequest(app, spec, ctx, args, kwargs))
         except asyncio.CancelledError:
-            log.warning(
-                logs.JOB_CANCELLED,
-                job=name,
-                job_id=job_id,
-                job_try=job_try,
-                duration_ms=_ms_since(start),
-            )
+            log.warning(logs.JOB_CANCELLED, **about, duration_ms=_ms_since(start))
             raise
         except Retry as exc:
             log.info(
-                logs.JOB_RETRYING,
-                job=name,
-                job_id=job_id,
-                job_try=job_try,
-                duration_ms=_ms_since(start),
-                defer_ms=exc.defer_score,
+                logs.JOB_RETRYING, **about, duration_ms=_ms_since(start), defer_ms=exc.defer_score
             )
             raise
         except Exception as exc:
             log.error(
                 logs.JOB_FAILED,
-                job=name,
-                job_id=job_id,
-                job_try=job_try,
+                **about,
                 duration_ms=_ms_since(start),
                 error=f"{type(exc).__name__}: {exc}",
                 exc_info=exc,
             )
             raise
-        log.info(
-            logs.JOB_SUCCEEDED,
-            job=name,
-            job_id=job_id,
-            job_try=job_try,
-            duration_ms=_ms_since(start),
-        )
+        log.info(logs.JOB_SUCCEEDED, **about, duration_ms=_ms_since(start))
         return result
 
     execute.__qualname__ = execute.__name__ = name

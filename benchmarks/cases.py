@@ -13,15 +13,21 @@ from typing import Any
 REPS = int(os.environ.get("BENCH_REPS", "5"))
 
 
-def _drain(kind: str, redis_url: str, jobs: int) -> dict[str, Any]:
+def _child(module: str, *args: str) -> dict[str, Any]:
+    """Run ``python -m benchmarks.MODULE ARGS`` in a fresh process; its last line is JSON."""
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks._drain", kind, redis_url, str(jobs)],
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
         check=True,
     )
     data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return data
+
+
+def _drain(kind: str, redis_url: str, jobs: int) -> dict[str, Any]:
+    data = _child("_drain", kind, redis_url, str(jobs))
     if data["jobs"] != jobs:
         raise RuntimeError(f"{kind} completed {data['jobs']} of {jobs} jobs")
     data["rate"] = jobs / data["seconds"]
@@ -311,14 +317,7 @@ CASES.update(
 
 
 def _bulk(urls: dict[str, str], count: int) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks._bulk", urls["redis"], urls["postgres"], str(count)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        check=True,
-    )
-    data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    data = _child("_bulk", urls["redis"], urls["postgres"], str(count))
     if data["jobs"] != count:
         raise RuntimeError(f"enqueue_stream wrote {data['jobs']} of {count} jobs")
     data["rate"] = count / data["seconds"]
@@ -432,14 +431,7 @@ def _reconcile_runs(urls: dict[str, str], count: int) -> list[dict[str, Any]]:
     _seed_rows(urls, count)
     runs = []
     for _ in range(REPS):
-        result = subprocess.run(
-            [sys.executable, "-m", "benchmarks._reconcile", urls["redis"], urls["postgres"]],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            check=True,
-        )
-        data = json.loads(result.stdout.strip().splitlines()[-1])
+        data = _child("_reconcile", urls["redis"], urls["postgres"])
         if data["first"]["enqueued"] != count:
             raise RuntimeError(f"reconciled {data['first']['enqueued']} of {count} rows")
         runs.append(data)

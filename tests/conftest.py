@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,6 +28,30 @@ ROOT = Path(__file__).resolve().parent.parent
 # Configured before any App does, without logger caching, so capture_logs() sees events.
 asyncjobs.configure_logging("json", "info", force=True, cache=False)
 _redis_db = itertools.count(1)
+
+
+def run_module(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGS`` with no ASYNCJOBS_* variables but ``env``'s, and tests importable."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_")}
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        env={**base, "PYTHONPATH": str(ROOT), **(env or {})},
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The ``asyncjobs`` command in a subprocess."""
+    return run_module("asyncjobs", *args, env=env, stdin=stdin)
 
 
 @pytest.fixture(scope="session")

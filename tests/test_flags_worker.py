@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -17,6 +15,7 @@ from asyncjobs import App, Settings
 from asyncjobs._services import EmbeddedPostgres
 from asyncjobs.testing import EmbeddedServices, WorkerProcess
 from tests.conftest import ROOT
+from tests.conftest import cli as run_cli
 from tests.test_worker_process import runs
 from tests.workerjobs import InvoiceJob, record_args
 
@@ -26,17 +25,8 @@ pytestmark = pytest.mark.slow
 def cli(
     *args: str, env: dict[str, str], stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "asyncjobs", *args],
-        env={**base, "PYTHONPATH": str(ROOT), "USER": "ops-oncall", **env},
-        cwd=ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """The CLI as an operator named ops-oncall runs it."""
+    return run_cli(*args, env={"USER": "ops-oncall", **env}, stdin=stdin)
 
 
 async def test_jobs_queued_before_the_flag_are_skipped_by_a_worker_and_others_run(

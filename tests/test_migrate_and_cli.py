@@ -12,20 +12,7 @@ import pytest
 
 from asyncjobs import App, Settings
 from asyncjobs.schema import applied, migrations
-from tests.conftest import ROOT
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "asyncjobs", *args],
-        env={**base, "PYTHONPATH": str(ROOT), **(env or {})},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+from tests.conftest import ROOT, cli
 
 
 async def test_migrate_is_idempotent(app: App) -> None:

@@ -7,8 +7,6 @@ import itertools
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -21,7 +19,7 @@ import asyncjobs
 from asyncjobs import App, JobDefinitionError, Settings, stable_job_id
 from asyncjobs.reconcilers import schedule_from_every
 from asyncjobs.testing import WorkerProcess
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cli
 from tests.recjobs import SCHEMA, create_database, pending_databases
 
 REC = pending_databases.__asyncjobs_reconciler__  # type: ignore[attr-defined]
@@ -113,35 +111,22 @@ async def test_row_lock_locks_the_row_and_refuses_odd_identifiers(provisioning: 
                 pass
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "asyncjobs", *args],
-        env={**base, "PYTHONPATH": str(ROOT), **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 async def test_cli_lists_and_runs_a_reconciler(
     provisioning: App, worker_env: dict[str, str], redis: aioredis.Redis
 ) -> None:
     await _rows(provisioning, pending=7)
     env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.recjobs"}
-    listing = _cli("reconcile", "--list", env=env)
+    listing = cli("reconcile", "--list", env=env)
     assert listing.returncode == 0, listing.stderr
     line = next(x for x in listing.stdout.splitlines() if x.startswith("pending_databases"))
     assert "create_database" in line
     assert "every 0:00:02" in line
     assert "running" in line
-    run = _cli("reconcile", "pending_databases", env=env)
+    run = cli("reconcile", "pending_databases", env=env)
     assert run.returncode == 0, run.stderr
     assert "7 pending row(s) scanned, 7 job(s) enqueued, 0 already queued" in run.stdout
     assert await redis.zcard("arq:queue") == 7
-    typo = _cli("reconcile", "pending_database", env=env)
+    typo = cli("reconcile", "pending_database", env=env)
     assert typo.returncode == 1
     assert "Did you mean 'pending_databases'" in typo.stderr
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -16,10 +13,11 @@ import redis.asyncio as aioredis
 import asyncjobs
 from asyncjobs import App
 from asyncjobs.testing import WorkerProcess, free_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_module
 from tests.workerjobs import InvoiceJob, always_fails, record_args
 
 pytestmark = pytest.mark.slow
+IMPORTS = "tests.workerjobs"
 
 
 async def runs(redis: aioredis.Redis, count: int, wait: float = 20.0) -> list[dict[str, Any]]:
@@ -122,17 +120,7 @@ async def test_a_failing_job_and_a_failing_middleware_do_not_stop_the_worker(
 
 
 def test_worker_without_redis_url_exits_at_once_saying_how_to_configure() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_")}
-    env.update({"ASYNCJOBS_IMPORTS": "tests.workerjobs", "PYTHONPATH": str(ROOT)})
-    result = subprocess.run(
-        [sys.executable, "-m", "arq", "asyncjobs.WorkerSettings"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_module("arq", "asyncjobs.WorkerSettings", env={"ASYNCJOBS_IMPORTS": IMPORTS})
     assert result.returncode != 0
     assert "ASYNCJOBS_REDIS_URL is not set" in result.stderr
     assert "asyncjobs dev" in result.stderr
@@ -140,36 +128,16 @@ def test_worker_without_redis_url_exits_at_once_saying_how_to_configure() -> Non
 
 def test_worker_pointed_at_nothing_exits_at_once_saying_so() -> None:
     env = {
-        **os.environ,
-        "ASYNCJOBS_IMPORTS": "tests.workerjobs",
-        "PYTHONPATH": str(ROOT),
+        "ASYNCJOBS_IMPORTS": IMPORTS,
         "ASYNCJOBS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "arq", "asyncjobs.WorkerSettings"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_module("arq", "asyncjobs.WorkerSettings", env=env)
     assert result.returncode != 0
     assert "nothing is listening at ASYNCJOBS_REDIS_URL" in result.stderr
 
 
 def test_worker_with_no_jobs_registered_says_to_set_imports(redis_url: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_")}
-    env.update({"ASYNCJOBS_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)})
-    result = subprocess.run(
-        [sys.executable, "-m", "arq", "asyncjobs.WorkerSettings"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_module("arq", "asyncjobs.WorkerSettings", env={"ASYNCJOBS_REDIS_URL": redis_url})
     assert result.returncode != 0
     assert "no jobs are registered: set ASYNCJOBS_IMPORTS" in result.stderr
 

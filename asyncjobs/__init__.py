@@ -32,6 +32,7 @@ from .logs import configure_logging
 from .middleware import EnqueueRequest, ExecutionRequest, Middleware
 from .naming import flag_name, snake_case
 from .reconcilers import Reconciler, ReconcileResult, reconciler, stable_job_id
+from .retries import Backoff, DeadLetter
 from .settings import Settings
 from .worker import WorkerSettings
 
@@ -39,9 +40,11 @@ __all__ = [
     "App",
     "Args",
     "AsyncJobsError",
+    "Backoff",
     "BulkStats",
     "ConfigurationError",
     "DatabaseUnavailableError",
+    "DeadLetter",
     "DuplicateJobError",
     "EnqueueError",
     "EnqueueRequest",

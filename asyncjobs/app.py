@@ -35,6 +35,7 @@ from .enqueue import ENQUEUE_LUA, split_options, write_job
 from .exceptions import DatabaseUnavailableError
 from .jobs import Registry, default_registry
 from .middleware import EnqueueRequest, ExecutionRequest, Handler, Middleware, compose
+from .retries import DeadLetters
 from .serializer import deserialize, serialize
 from .settings import Settings, redact
 
@@ -80,6 +81,8 @@ class App:
         self.server_middleware += server_middleware
         self.flags = flags_module.FlagStore(self)
         """This App's flags: ``await app.flags.enable("disable_invoice_job")``."""
+        self.dead = DeadLetters(self)
+        """This App's dead letters: ``await app.dead.list()``, ``retry(id)``, ``purge()``."""
         self._redis: ArqRedis | None = None
         self._db: asyncpg.Pool | None = None
         self._db_lock = asyncio.Lock()

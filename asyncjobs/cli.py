@@ -285,6 +285,95 @@ def flags_history(flag: str | None, limit: int) -> None:
         )
 
 
+def _with_app(use: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``use(app)`` on the default App (jobs imported), closing it afterwards."""
+    from .app import get_app
+
+    _registry_from_env()
+    app = get_app()
+
+    async def go() -> T:
+        try:
+            return await use(app)
+        finally:
+            await app.close()
+
+    return _run(go)
+
+
+@main.group()
+def dead() -> None:
+    """Dead letters: jobs that ran out of tries (kept in PostgreSQL)."""
+
+
+@dead.command("list")
+@click.option("--job", help="Only this job's dead letters.")
+@click.option("--limit", default=50, show_default=True, help="How many to show.")
+def dead_list(job: str | None, limit: int) -> None:
+    """Dead letters, newest first."""
+    letters = _with_app(lambda app: app.dead.list(job, limit=limit))
+    if not letters:
+        click.echo("no dead letters")
+        return
+    click.echo(f"{'id':>6}  {'job':28} {'tries':>5}  {'last failed (UTC)':19}  error")
+    for d in letters:
+        click.echo(
+            f"{d.id:>6}  {d.job_name:28} {d.tries:>5}  {d.last_failed_at:%Y-%m-%d %H:%M:%S}  "
+            f"{d.error[:80]}"
+        )
+
+
+@dead.command("show")
+@click.argument("dead_id", metavar="ID", type=int)
+def dead_show(dead_id: int) -> None:
+    """One dead letter in full, with its traceback."""
+    d = _with_app(lambda app: app.dead.get(dead_id))
+    args = "(redacted)" if d.redacted else f"{d.args!r} {d.kwargs!r}"
+    click.echo(f"dead letter {d.id}: {d.job_name} (job id {d.job_id}, queue {d.queue})")
+    click.echo(f"arguments:     {args}")
+    click.echo(f"tries:         {d.tries}")
+    click.echo(f"first failed:  {d.first_failed_at:%Y-%m-%d %H:%M:%S} UTC")
+    click.echo(f"last failed:   {d.last_failed_at:%Y-%m-%d %H:%M:%S} UTC")
+    click.echo(f"error:         {d.error}")
+    click.echo(d.traceback.rstrip())
+
+
+@dead.command("retry")
+@click.argument("dead_id", metavar="ID", type=int, required=False)
+@click.option("--all", "all_", is_flag=True, help="Retry every dead letter (of --job).")
+@click.option("--job", help="With --all: only this job's.")
+def dead_retry(dead_id: int | None, all_: bool, job: str | None) -> None:
+    """Enqueue ID (or --all) again; the record goes when the job succeeds."""
+    if (dead_id is None) == (not all_):
+        raise click.UsageError("give one dead letter ID, or --all")
+    if all_:
+        done = _with_app(lambda app: app.dead.retry_all(job))
+        queued = sum(j is not None for _, j in done)
+        click.echo(f"re-enqueued {queued} of {len(done)} dead letter(s)")
+        return
+    assert dead_id is not None
+    job_ = _with_app(lambda app: app.dead.retry(dead_id))
+    if job_ is None:
+        click.echo(f"dead letter {dead_id} was not enqueued (rejected, e.g. by the kill switch)")
+    else:
+        click.echo(f"re-enqueued dead letter {dead_id} as job {job_.job_id}")
+
+
+@dead.command("purge")
+@click.option("--older-than", help="Only those that last failed longer ago, e.g. 30d, 12h.")
+@click.option("--job", help="Only this job's.")
+def dead_purge(older_than: str | None, job: str | None) -> None:
+    """Delete dead letters."""
+    from .retries import parse_duration
+
+    try:
+        age = parse_duration(older_than) if older_than is not None else None
+    except AsyncJobsError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from exc
+    count = _with_app(lambda app: app.dead.purge(age, job=job))
+    click.echo(f"purged {count} dead letter(s)")
+
+
 @main.command()
 @click.argument("name", required=False)
 @click.option("--list", "list_", is_flag=True, help="List the reconcilers instead.")

@@ -46,6 +46,11 @@ class JobSpec:
     signature: inspect.Signature = field(default=inspect.Signature())
     is_class: bool = False
     arity: tuple[int, int] = (0, 0)
+    max_tries: int = 25
+    backoff: Any = None
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    give_up_on: tuple[type[BaseException], ...] = ()
+    redact_args: bool = False
 
     @property
     def flag(self) -> str:
@@ -114,6 +119,11 @@ def build_spec(
     queue: str | None = None,
     timeout: Seconds | None = None,
     keep_result: Seconds | None = None,
+    max_tries: int = 25,
+    backoff: Any = None,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    give_up_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+    redact_args: bool = False,
 ) -> JobSpec:
     """Validate ``target`` and build its :class:`JobSpec` (does not register it)."""
     origin = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', target)}"
@@ -145,6 +155,15 @@ def build_spec(
         )
     if queue is not None and (not isinstance(queue, str) or not queue):
         raise JobDefinitionError(f"queue of {origin} must be a non-empty string")
+    if not isinstance(max_tries, int) or isinstance(max_tries, bool) or max_tries < 1:
+        raise JobDefinitionError(f"max_tries of {origin} must be a whole number from 1")
+    if backoff is not None and not callable(getattr(backoff, "delay", None)):
+        raise JobDefinitionError(
+            f"backoff of {origin} must have a delay(failed_try) -> seconds method, "
+            "e.g. asyncjobs.Backoff(base=5, cap=600)"
+        )
+    retry_on = _exception_types(retry_on, f"retry_on of {origin}")
+    give_up_on = _exception_types(give_up_on, f"give_up_on of {origin}")
     return JobSpec(
         name=job_name,
         target=target,
@@ -154,7 +173,20 @@ def build_spec(
         signature=signature,
         is_class=is_class,
         arity=positional_arity(signature),
+        max_tries=max_tries,
+        backoff=backoff,
+        retry_on=retry_on,
+        give_up_on=give_up_on,
+        redact_args=bool(redact_args),
     )
+
+
+def _exception_types(value: Any, what: str) -> tuple[type[BaseException], ...]:
+    types = value if isinstance(value, tuple) else (value,)
+    for t in types:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise JobDefinitionError(f"{what} must be exception classes, not {t!r}")
+    return types
 
 
 class Registry:
@@ -223,7 +255,19 @@ class Registry:
         self._jobs.pop(name, None)
 
 
-JOB_OPTIONS = frozenset({"name", "queue", "timeout", "keep_result"})
+JOB_OPTIONS = frozenset(
+    {
+        "name",
+        "queue",
+        "timeout",
+        "keep_result",
+        "max_tries",
+        "backoff",
+        "retry_on",
+        "give_up_on",
+        "redact_args",
+    }
+)
 
 default_registry = Registry()
 """The registry ``@job`` adds to unless given ``registry=``."""
@@ -242,6 +286,11 @@ def job(
     queue: str | None = None,
     timeout: Seconds | None = None,
     keep_result: Seconds | None = None,
+    max_tries: int = 25,
+    backoff: Any = None,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    give_up_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+    redact_args: bool = False,
     registry: Registry | None = None,
 ) -> Callable[[T], T]: ...
 
@@ -252,7 +301,10 @@ def job(target: Any = None, /, *, registry: Registry | None = None, **options: A
     Use it bare (``@job``) or with options (``@job(queue="urgent", timeout=30)``):
     ``name`` (default: the snake_case of the function or class name, so
     ``InvoiceJob`` and ``invoice_job`` both name ``invoice_job``), ``queue``,
-    ``timeout`` and ``keep_result`` (seconds or ``timedelta``). The decorated
+    ``timeout`` and ``keep_result`` (seconds or ``timedelta``); and retries:
+    ``max_tries`` (default 25), ``backoff`` (default :class:`asyncjobs.Backoff`),
+    ``retry_on``/``give_up_on`` (exception classes) and ``redact_args`` (keep no
+    arguments in the job's dead letter), see :mod:`asyncjobs.retries`. The decorated
     object is returned unchanged, so it can still be called directly in tests.
     Raises :class:`JobDefinitionError` for something that cannot be a job and
     :class:`DuplicateJobError` for a taken name.

@@ -21,6 +21,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -39,6 +40,7 @@ from .app import App, get_app
 from .exceptions import ConfigurationError
 from .jobs import JobSpec
 from .middleware import ExecutionRequest, compose
+from .retries import DEFAULT_BACKOFF, FIRST_FAILURE_KEY, retried_dead_letter
 from .serializer import serialize, worker_deserializer
 from .settings import HOW_TO_CONFIGURE, Settings, redact
 
@@ -146,43 +148,138 @@ def import_job_modules(modules: tuple[str, ...]) -> None:
 
 
 def executor(spec: JobSpec, app: App) -> WorkerCoroutine:
-    """The coroutine arq runs for ``spec``: server middleware plus instrumentation."""
+    """The coroutine arq runs for ``spec``: server middleware, retries and instrumentation.
+
+    The job's timeout is enforced here (arq's own is set a little longer), so a
+    timeout is a failure like any other and is retried. On a failure that has
+    tries left, the wrapper raises arq's ``Retry`` with the backoff delay; on the
+    last one (or one ``give_up_on`` names) it writes a dead letter.
+    """
     name = spec.name
     log = _log
+    timeout = job_timeout(spec, app)
+    backoff = spec.backoff or DEFAULT_BACKOFF
+    queue = spec.queue or app.settings.queue_name
 
     async def invoke(request: ExecutionRequest) -> Any:
         return await request.spec.invoke(request.ctx, request.args, request.kwargs)
 
     chain = compose(app.server_middleware, invoke)
 
+    async def dead(
+        ctx: dict[str, Any], about: dict[str, Any], args: Any, kwargs: Any, exc: BaseException
+    ) -> None:
+        job_id = str(about["job_id"])
+        first = await _first_failure(ctx, job_id, pop=True)
+        try:
+            dead_id: int | None = await app.dead.record(
+                job_name=name,
+                job_id=job_id,
+                queue=queue,
+                args=tuple(args),
+                kwargs=kwargs,
+                redact=spec.redact_args,
+                tries=int(about["job_try"]),
+                exc=exc,
+                first_failed_at=first,
+            )
+            log.error(
+                logs.JOB_DEAD, **about, dead_letter_id=dead_id, error=f"{type(exc).__name__}: {exc}"
+            )
+        except Exception as store_exc:  # the store is down: say everything in the log instead
+            log.error(
+                logs.JOB_DEAD,
+                **about,
+                dead_letter_id=None,
+                error=f"{type(exc).__name__}: {exc}",
+                store_error=f"{type(store_exc).__name__}: {store_exc}",
+                args=None if spec.redact_args else list(args),
+                kwargs=None if spec.redact_args else kwargs,
+            )
+
     async def execute(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        about = {"job": name, "job_id": ctx.get("job_id"), "job_try": ctx.get("job_try", 1)}
+        job_try = ctx.get("job_try", 1)
+        about = {"job": name, "job_id": ctx.get("job_id"), "job_try": job_try}
         log.debug(logs.JOB_STARTED, **about)
         start = time.perf_counter()
         try:
-            result = await chain(ExecutionRequest(app, spec, ctx, args, kwargs))
-        except asyncio.CancelledError:
+            async with asyncio.timeout(timeout):
+                result = await chain(ExecutionRequest(app, spec, ctx, args, kwargs))
+        except asyncio.CancelledError:  # shutdown or abort, not a failure of the job
             log.warning(logs.JOB_CANCELLED, **about, duration_ms=_ms_since(start))
             raise
-        except Retry as exc:
+        except Retry as exc:  # the job asked to be retried
+            if job_try >= spec.max_tries:
+                await dead(ctx, about, args, kwargs, exc)
+                raise
             log.info(
-                logs.JOB_RETRYING, **about, duration_ms=_ms_since(start), defer_ms=exc.defer_score
+                logs.JOB_RETRYING,
+                **about,
+                duration_ms=_ms_since(start),
+                delay_s=(exc.defer_score or 0) / 1000,
+                error="Retry requested",
             )
             raise
         except Exception as exc:
-            log.error(
-                logs.JOB_FAILED,
-                **about,
-                duration_ms=_ms_since(start),
-                error=f"{type(exc).__name__}: {exc}",
-                exc_info=exc,
+            error = exc if not isinstance(exc, TimeoutError) else JobTimeout(timeout)
+            text = f"{type(error).__name__}: {error}"
+            retry = (
+                job_try < spec.max_tries
+                and isinstance(error, spec.retry_on)
+                and not isinstance(error, spec.give_up_on)
             )
+            if retry:
+                delay = backoff.delay(job_try)
+                await _first_failure(ctx, str(about["job_id"]), pop=False)
+                log.warning(
+                    logs.JOB_RETRYING,
+                    **about,
+                    duration_ms=_ms_since(start),
+                    delay_s=round(delay, 3),
+                    error=text,
+                )
+                raise Retry(defer=delay) from exc
+            log.error(
+                logs.JOB_FAILED, **about, duration_ms=_ms_since(start), error=text, exc_info=exc
+            )
+            await dead(ctx, about, args, kwargs, error)
             raise
+        dead_id = retried_dead_letter(about["job_id"])
+        if dead_id is not None:  # a dead letter retried by an operator succeeded
+            await app.dead.remove(dead_id)
         log.info(logs.JOB_SUCCEEDED, **about, duration_ms=_ms_since(start))
         return result
 
     execute.__qualname__ = execute.__name__ = name
     return cast(WorkerCoroutine, execute)
+
+
+class JobTimeout(Exception):
+    """The job ran longer than its timeout."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the job ran longer than its timeout of {seconds:g}s")
+
+
+def job_timeout(spec: JobSpec, app: App) -> float:
+    """The timeout the execution wrapper enforces for ``spec``."""
+    return spec.timeout if spec.timeout is not None else app.settings.job_timeout
+
+
+async def _first_failure(ctx: dict[str, Any], job_id: str, *, pop: bool) -> datetime | None:
+    """Note (or, with ``pop``, read and forget) when this job first failed. Best effort."""
+    key = FIRST_FAILURE_KEY + job_id
+    redis = ctx.get("redis")
+    if redis is None:
+        return None
+    try:
+        if not pop:
+            await redis.set(key, str(time.time()), nx=True, ex=30 * 86400)
+            return None
+        raw = await redis.getdel(key)
+    except Exception:
+        return None
+    return datetime.fromtimestamp(float(raw), UTC) if raw else None
 
 
 def _ms_since(start: float) -> float:
@@ -193,7 +290,12 @@ def _functions(app: App) -> list[Function]:
     scheduled = {rec.name for rec in app.reconcilers}
     return [
         func(
-            executor(spec, app), name=spec.name, timeout=spec.timeout, keep_result=spec.keep_result
+            executor(spec, app),
+            name=spec.name,
+            # The wrapper enforces the job's timeout; arq's is a backstop behind it.
+            timeout=job_timeout(spec, app) + 10,
+            keep_result=spec.keep_result,
+            max_tries=spec.max_tries,
         )
         for spec in app.registry
         if spec.name not in scheduled

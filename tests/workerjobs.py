@@ -33,7 +33,7 @@ class InvoiceJob:
         await _record(self.ctx, "invoice_job", invoice_id)
 
 
-@asyncjobs.job
+@asyncjobs.job(max_tries=1)
 async def always_fails(ctx: dict[str, Any], n: int) -> None:
     await _record(ctx, "always_fails", n)
     raise RuntimeError(f"boom {n}")

@@ -1,0 +1,277 @@
+"""Retries that end somewhere: backoff with jitter, then a dead letter in PostgreSQL.
+
+Any exception a job raises (and a timeout) is retried, up to the job's
+``max_tries`` (default 25, as Sidekiq), after a delay from its ``backoff``
+policy. After the last try, or at once for an exception in ``give_up_on`` (or
+one outside ``retry_on``), the worker writes a dead-letter record and logs
+``job.dead``. Dead letters live in PostgreSQL, so a Redis flush keeps them;
+an operator lists, shows, retries or purges them (``asyncjobs dead ...`` or the
+functions of :class:`DeadLetters`).
+
+The default policy, :class:`Backoff` ``(base=15, factor=2, cap=6 h, jitter=0.5)``:
+try *n* failed → wait a random time in ``[d/2, d]`` with
+``d = min(6 h, 15 s × 2^(n-1))``: about 11 s, 22 s, 45 s, 1.5 min, 3 min, 6 min,
+12 min, 24 min, 48 min, 1.6 h, 3.2 h, then 4.5 h on average (3-6 h) per try;
+25 tries span about three days.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import random
+import re
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+from .exceptions import AsyncJobsError
+
+if TYPE_CHECKING:
+    from arq.jobs import Job
+
+    from .app import App
+
+_log = structlog.get_logger("asyncjobs.retries")
+
+DEAD_RETRY_PREFIX = "dead:"
+"""Job ids of dead letters being retried start with ``dead:<id>:``, so the worker
+can remove the record when the retried job succeeds without any lookup."""
+
+FIRST_FAILURE_KEY = "asyncjobs:first-failure:"
+
+
+class BackoffPolicy(Protocol):
+    """Anything with ``delay(failed_try) -> seconds`` can be a job's ``backoff``."""
+
+    def delay(self, failed_try: int) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with a cap and jitter.
+
+    After try ``n`` fails, the nominal delay is ``d = min(cap, base * factor**(n-1))``;
+    the actual delay is drawn uniformly from ``[d * (1 - jitter), d]``.
+    """
+
+    base: float = 15.0
+    factor: float = 2.0
+    cap: float = 6 * 3600.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (self.base > 0 and self.factor >= 1 and self.cap >= self.base):
+            raise AsyncJobsError("Backoff needs base > 0, factor >= 1 and cap >= base")
+        if not 0 <= self.jitter <= 1:
+            raise AsyncJobsError("Backoff jitter is a fraction from 0 to 1")
+
+    def nominal(self, failed_try: int) -> float:
+        """The delay before jitter."""
+        exponent = max(0, failed_try - 1)
+        if exponent > 1000:  # factor ** exponent would overflow; the cap applies anyway
+            return self.cap
+        return float(min(self.cap, self.base * self.factor**exponent))
+
+    def bounds(self, failed_try: int) -> tuple[float, float]:
+        """(shortest, longest) delay after try ``failed_try`` fails."""
+        high = self.nominal(failed_try)
+        return high * (1 - self.jitter), high
+
+    def delay(self, failed_try: int, rng: random.Random | None = None) -> float:
+        """A delay in :meth:`bounds`."""
+        low, high = self.bounds(failed_try)
+        return (rng or random).uniform(low, high)
+
+
+DEFAULT_BACKOFF = Backoff()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A job that ran out of tries."""
+
+    id: int
+    job_name: str
+    job_id: str
+    queue: str
+    args: builtins.list[Any] | None
+    kwargs: dict[str, Any] | None
+    redacted: bool
+    tries: int
+    error: str
+    traceback: str
+    first_failed_at: datetime
+    last_failed_at: datetime
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"30d"``, ``"12h"``, ``"15m"``, ``"45s"``, ``"2w"`` → timedelta; else a clear error."""
+    match = _DURATION.match(text)
+    if not match:
+        raise AsyncJobsError(
+            f"{text!r} is not a duration: use a number and a unit, e.g. 30d, 12h, 15m, 45s or 2w"
+        )
+    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+
+
+_COLUMNS = (
+    "id, job_name, job_id, queue, args, kwargs, redacted, tries, error, traceback, "
+    "first_failed_at, last_failed_at"
+)
+
+
+def _row(record: Any) -> DeadLetter:
+    data = dict(record)
+    data["args"] = json.loads(data["args"]) if data["args"] is not None else None
+    data["kwargs"] = json.loads(data["kwargs"]) if data["kwargs"] is not None else None
+    return DeadLetter(**data)
+
+
+class DeadLetters:
+    """The dead-letter store of one App (``app.dead``)."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    async def record(
+        self,
+        *,
+        job_name: str,
+        job_id: str,
+        queue: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        redact: bool,
+        tries: int,
+        exc: BaseException,
+        first_failed_at: datetime | None,
+    ) -> int:
+        """Write (or, for a retried dead letter, update) the record; returns its id."""
+        error = f"{type(exc).__name__}: {exc}"
+        trace = "".join(traceback.format_exception(exc))
+        args_json = None if redact else json.dumps(list(args), default=repr)
+        kwargs_json = None if redact else json.dumps(kwargs, default=repr)
+        pool = await self._app.db()
+        retried = retried_dead_letter(job_id)
+        if retried is not None:
+            found = await pool.fetchval(
+                "UPDATE asyncjobs.dead_letters SET tries = tries + $2, error = $3, "
+                "traceback = $4, last_failed_at = now(), job_id = $5 WHERE id = $1 RETURNING id",
+                retried,
+                tries,
+                error,
+                trace,
+                job_id,
+            )
+            if found is not None:
+                return int(found)
+        new_id = await pool.fetchval(
+            "INSERT INTO asyncjobs.dead_letters (job_name, job_id, queue, args, kwargs, "
+            "redacted, tries, error, traceback, first_failed_at) "
+            "VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, coalesce($10, now())) "
+            "RETURNING id",
+            job_name,
+            job_id,
+            queue,
+            args_json,
+            kwargs_json,
+            redact,
+            tries,
+            error,
+            trace,
+            first_failed_at,
+        )
+        return int(new_id)
+
+    async def list(self, job: str | None = None, *, limit: int = 100) -> builtins.list[DeadLetter]:
+        """Dead letters, newest first; of one job if ``job`` is given."""
+        pool = await self._app.db()
+        rows = await pool.fetch(
+            f"SELECT {_COLUMNS} FROM asyncjobs.dead_letters "
+            "WHERE $1::text IS NULL OR job_name = $1 ORDER BY last_failed_at DESC, id DESC "
+            "LIMIT $2",
+            job,
+            limit,
+        )
+        return [_row(r) for r in rows]
+
+    async def get(self, dead_id: int) -> DeadLetter:
+        """One dead letter, or :class:`AsyncJobsError` if there is no such id."""
+        pool = await self._app.db()
+        row = await pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM asyncjobs.dead_letters WHERE id = $1", dead_id
+        )
+        if row is None:
+            raise AsyncJobsError(
+                f"no dead letter with id {dead_id}; `asyncjobs dead list` lists them"
+            )
+        return _row(row)
+
+    async def retry(self, dead_id: int) -> Job | None:
+        """Enqueue the job again through ``enqueue()`` (kill switch and uniqueness apply).
+
+        The record stays until the retried job succeeds (then the worker removes
+        it) and is updated if it fails for good again. A redacted record cannot be
+        retried: its arguments were not kept. Returns the Job, or ``None`` if the
+        enqueue was rejected.
+        """
+        letter = await self.get(dead_id)
+        if letter.redacted:
+            raise AsyncJobsError(
+                f"dead letter {dead_id} was redacted (its arguments were not kept); "
+                "it cannot be retried, only purged"
+            )
+        job_id = f"{DEAD_RETRY_PREFIX}{dead_id}:{_new_suffix()}"
+        return await self._app.enqueue(
+            letter.job_name,
+            *(letter.args or []),
+            **(letter.kwargs or {}),
+            _job_id=job_id,
+            _queue_name=letter.queue,
+        )
+
+    async def retry_all(self, job: str | None = None) -> builtins.list[tuple[int, Job | None]]:
+        """:meth:`retry` every retryable dead letter (of one job if given)."""
+        done = []
+        for letter in await self.list(job, limit=1_000_000):
+            if not letter.redacted:
+                done.append((letter.id, await self.retry(letter.id)))
+        return done
+
+    async def purge(self, older_than: timedelta | None = None, *, job: str | None = None) -> int:
+        """Delete dead letters (last failed more than ``older_than`` ago, if given); the count."""
+        pool = await self._app.db()
+        result = await pool.execute(
+            "DELETE FROM asyncjobs.dead_letters WHERE ($1::interval IS NULL "
+            "OR last_failed_at < now() - $1::interval) AND ($2::text IS NULL OR job_name = $2)",
+            older_than,
+            job,
+        )
+        return int(result.split()[-1])
+
+    async def remove(self, dead_id: int) -> None:
+        """Delete one record (the worker does this when a retried dead letter succeeds)."""
+        pool = await self._app.db()
+        await pool.execute("DELETE FROM asyncjobs.dead_letters WHERE id = $1", dead_id)
+
+
+def retried_dead_letter(job_id: str | None) -> int | None:
+    """The dead letter id a retried job's id names, or ``None``."""
+    if not job_id or not job_id.startswith(DEAD_RETRY_PREFIX):
+        return None
+    head = job_id[len(DEAD_RETRY_PREFIX) :].split(":", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _new_suffix() -> str:
+    from .naming import new_job_id
+
+    return new_job_id()

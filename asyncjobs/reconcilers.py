@@ -212,12 +212,14 @@ class Reconciler:
                 pass
         return rows
 
-    def cron_job(self, coroutine: Any) -> CronJob:
+    def cron_job(self, coroutine: Any, timeout: float) -> CronJob:
         """The arq CronJob that runs ``coroutine`` (the executor of this reconciler's job)."""
         # Results of a run are kept for a while so that another worker's enqueue of the
         # same period (same job id) is refused: arq's cron ids are unique per run time.
         keep = max(60.0, 2 * (self.period_s or 3600.0))
-        return arq_cron(coroutine, name=self.name, keep_result=keep, **self.schedule)
+        return arq_cron(
+            coroutine, name=self.name, keep_result=keep, timeout=timeout, **self.schedule
+        )
 
 
 class ReconcilerRegistry:
@@ -300,7 +302,8 @@ def reconciler(
         run_reconciler.__qualname__ = fn.__qualname__
         run_reconciler.__module__ = fn.__module__
         run_reconciler.__name__ = rec.name
-        rec.spec = build_spec(run_reconciler, name=rec.name)
+        # A failed run is not retried: the next period runs it again (reconciler.failed).
+        rec.spec = build_spec(run_reconciler, name=rec.name, max_tries=1)
         (registry if registry is not None else default_registry).add(rec.spec)
         (reconcilers if reconcilers is not None else default_reconcilers).add(rec)
         fn.__asyncjobs_reconciler__ = rec  # type: ignore[attr-defined]

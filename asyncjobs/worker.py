@@ -147,13 +147,14 @@ def import_job_modules(modules: tuple[str, ...]) -> None:
             ) from exc
 
 
-def executor(spec: JobSpec, app: App) -> WorkerCoroutine:
+def executor(spec: JobSpec, app: App, *, dead_letters: bool = True) -> WorkerCoroutine:
     """The coroutine arq runs for ``spec``: server middleware, retries and instrumentation.
 
     The job's timeout is enforced here (arq's own is set a little longer), so a
     timeout is a failure like any other and is retried. On a failure that has
     tries left, the wrapper raises arq's ``Retry`` with the backoff delay; on the
-    last one (or one ``give_up_on`` names) it writes a dead letter.
+    last one (or one ``give_up_on`` names) it writes a dead letter, unless
+    ``dead_letters=False`` (reconcilers: the next period is their retry).
     """
     name = spec.name
     log = _log
@@ -292,8 +293,8 @@ def _functions(app: App) -> list[Function]:
         func(
             executor(spec, app),
             name=spec.name,
-            # The wrapper enforces the job's timeout; arq's is a backstop behind it.
-            timeout=job_timeout(spec, app) + 10,
+            # The wrapper enforces the job's timeout; arq's is a backstop one second behind.
+            timeout=job_timeout(spec, app) + 1,
             keep_result=spec.keep_result,
             max_tries=spec.max_tries,
         )
@@ -304,7 +305,10 @@ def _functions(app: App) -> list[Function]:
 
 def _cron_jobs(app: App) -> list[CronJob]:
     """One arq cron job per reconciler, running through the execution wrapper."""
-    return [rec.cron_job(executor(rec.spec, app)) for rec in app.reconcilers]
+    return [
+        rec.cron_job(executor(rec.spec, app, dead_letters=False), job_timeout(rec.spec, app) + 1)
+        for rec in app.reconcilers
+    ]
 
 
 def _hooks(

@@ -201,8 +201,8 @@ async def test_a_worker_killed_midway_loses_no_work(
     total = 1000
     await _rows(provisioning, pending=total)
     pool = await provisioning.db()
-    # arq keeps a killed job's in-progress key for job timeout + 10 s: the jobs that
-    # were running when the worker died can only run again after that.
+    # arq keeps a killed job's in-progress key for its arq timeout (the job timeout + 1 s
+    # backstop) + 10 s: the jobs running when the worker died can only run after that.
     env = {
         **worker_env,
         "ASYNCJOBS_IMPORTS": "tests.recjobs",
@@ -221,8 +221,8 @@ async def test_a_worker_killed_midway_loses_no_work(
         first.stop()
     with WorkerProcess(env, cwd=ROOT):
         done = await _wait_all_ready(pool, total, wait=120)
-    # within two periods once the dead worker's in-progress keys (1 s + 10 s) expired
-    assert done - killed_at < 11 + 2 * 3.0
+    # within two periods once the dead worker's in-progress keys (1 + 1 + 10 s) expired
+    assert done - killed_at < 12 + 2 * 3.0
     await _assert_each_row_done_once(pool, total)
 
 
@@ -273,3 +273,4 @@ async def test_a_broken_reconciler_logs_reconciler_failed_and_the_rest_keeps_run
     failed = [json.loads(x) for x in worker.lines if '"reconciler.failed"' in x]
     assert failed[0]["reconciler"] == "broken_reconciler"
     assert 'relation "no_such_table" does not exist' in failed[0]["error"]
+    assert await provisioning.dead.list() == []  # a failed run is not a dead letter

@@ -170,6 +170,8 @@ def executor(spec: JobSpec, app: App, *, dead_letters: bool = True) -> WorkerCor
     async def dead(
         ctx: dict[str, Any], about: dict[str, Any], args: Any, kwargs: Any, exc: BaseException
     ) -> None:
+        if not dead_letters:
+            return
         job_id = str(about["job_id"])
         first = await _first_failure(ctx, job_id, pop=True)
         try:

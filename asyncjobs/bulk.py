@@ -28,7 +28,7 @@ import structlog
 from arq.jobs import Job
 
 from . import logs
-from .enqueue import Prepared, prepare, split_options, write_prepared
+from .enqueue import NOT_UNIQUE, WRITTEN, Prepared, prepare, split_options, write_prepared
 from .exceptions import EnqueueError, InvalidOptionError
 from .middleware import EnqueueRequest, compose
 from .serializer import deserialize
@@ -191,11 +191,12 @@ async def _flush(
     )
     redis = await app.redis()
     out: list[Job | None] = []
-    duplicates = 0
+    duplicates = not_unique = 0
     for result in results:
         if isinstance(result, _Pending):
             prepared = batch[result.index]
-            if written[result.index]:
+            code = written[result.index]
+            if code == WRITTEN:
                 out.append(
                     Job(
                         prepared.job_id,
@@ -205,19 +206,23 @@ async def _flush(
                     )
                 )
             else:
-                duplicates += 1
+                if code == NOT_UNIQUE:
+                    not_unique += 1
+                else:
+                    duplicates += 1
                 out.append(None)
         else:
             out.append(result)
     if stats is not None:
-        stats.written += len(batch) - duplicates
+        stats.written += len(batch) - duplicates - not_unique
         stats.duplicates += duplicates
-        stats.rejected += len(results) - len(batch)
+        stats.rejected += len(results) - len(batch) + not_unique
     _log.debug(
         logs.JOBS_ENQUEUED,
         job=spec.name,
-        written=len(batch) - duplicates,
+        written=len(batch) - duplicates - not_unique,
         duplicates=duplicates,
+        not_unique=not_unique,
         rejected=len(results) - len(batch),
     )
     return out

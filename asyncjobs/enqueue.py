@@ -42,6 +42,7 @@ from .exceptions import (
 )
 from .naming import new_job_id
 from .serializer import deserialize
+from .uniqueness import unique_key
 
 if TYPE_CHECKING:
     from .app import App
@@ -179,22 +180,29 @@ def _serialization_message(
 
 
 ENQUEUE_LUA = """
--- KEYS: per job, its job key, result key and queue. ARGV: per job, the
--- expiry (ms), score, payload and id. A job is written whole (key and queue
--- entry) or, while a job or result with its id exists, not at all: arq's rule.
+-- KEYS: per job, its job key, result key, queue and uniqueness lock (the job
+-- key again when the job is not unique). ARGV: per job, the expiry (ms), score,
+-- payload, id and the lock's TTL in ms (0: not unique). A job is written whole
+-- (key and queue entry) or not at all. Per job the reply is 1 (written), 0 (a
+-- job or result with its id exists: arq's rule) or 2 (the uniqueness lock is held).
 local out = {}
-for i = 0, #KEYS / 3 - 1 do
-  local k, a = i * 3, i * 4
-  if redis.call('EXISTS', KEYS[k + 1], KEYS[k + 2]) == 0 then
+for i = 0, #KEYS / 4 - 1 do
+  local k, a = i * 4, i * 5
+  if redis.call('EXISTS', KEYS[k + 1], KEYS[k + 2]) ~= 0 then
+    out[i + 1] = 0
+  elseif ARGV[a + 5] ~= '0'
+      and not redis.call('SET', KEYS[k + 4], ARGV[a + 4], 'NX', 'PX', ARGV[a + 5]) then
+    out[i + 1] = 2
+  else
     redis.call('PSETEX', KEYS[k + 1], ARGV[a + 1], ARGV[a + 3])
     redis.call('ZADD', KEYS[k + 3], ARGV[a + 2], ARGV[a + 4])
     out[i + 1] = 1
-  else
-    out[i + 1] = 0
   end
 end
 return out
 """
+
+WRITTEN, DUPLICATE_ID, NOT_UNIQUE = 1, 0, 2
 
 
 class Prepared(NamedTuple):
@@ -205,6 +213,8 @@ class Prepared(NamedTuple):
     score: int
     expires_ms: int
     payload: bytes
+    unique_key: str | None
+    unique_ms: int
 
 
 def prepare(request: EnqueueRequest) -> Prepared:
@@ -238,7 +248,11 @@ def prepare(request: EnqueueRequest) -> Prepared:
             "would expire before it could run; pass a later time or an explicit _expires"
         )
     payload = serialize_job(name, request.args, request.kwargs, options.get("_job_try"), now_ms)
-    return Prepared(job_id, queue, score, expires_ms, payload)
+    spec = request.spec
+    if spec.unique_for is None:
+        return Prepared(job_id, queue, score, expires_ms, payload, None, 0)
+    lock = unique_key(spec, request.args, request.kwargs)
+    return Prepared(job_id, queue, score, expires_ms, payload, lock, round(spec.unique_for * 1000))
 
 
 def _jitter_seconds(options: dict[str, Any]) -> float:
@@ -247,13 +261,14 @@ def _jitter_seconds(options: dict[str, Any]) -> float:
     return random.uniform(low, high)
 
 
-async def write_prepared(app: App, jobs: list[Prepared], what: str) -> list[bool]:
-    """Write ``jobs`` in one round trip; for each, whether it was written (else: duplicate id)."""
+async def write_prepared(app: App, jobs: list[Prepared], what: str) -> list[int]:
+    """Write ``jobs`` in one round trip; per job WRITTEN, DUPLICATE_ID or NOT_UNIQUE."""
     keys: list[str] = []
     args: list[Any] = []
     for job in jobs:
-        keys += (job_key_prefix + job.job_id, result_key_prefix + job.job_id, job.queue)
-        args += (job.expires_ms, job.score, job.payload, job.job_id)
+        job_key = job_key_prefix + job.job_id
+        keys += (job_key, result_key_prefix + job.job_id, job.queue, job.unique_key or job_key)
+        args += (job.expires_ms, job.score, job.payload, job.job_id, job.unique_ms)
     script = await app.enqueue_script()
     try:
         async with asyncio.timeout(app.settings.redis_timeout):
@@ -264,7 +279,7 @@ async def write_prepared(app: App, jobs: list[Prepared], what: str) -> list[bool
             f"{app.settings.redis_timeout}s); {what} enqueued. "
             "Check ASYNCJOBS_REDIS_URL and that Redis is running."
         ) from exc
-    return [flag == 1 for flag in written]
+    return [int(code) for code in written]
 
 
 async def write_job(request: EnqueueRequest) -> Job | None:
@@ -272,9 +287,10 @@ async def write_job(request: EnqueueRequest) -> Job | None:
     job = prepare(request)
     app = request.app
     name = request.spec.name
-    (written,) = await write_prepared(app, [job], f"job {name!r} was not")
-    if not written:
-        _log.info(logs.JOB_REJECTED, job=name, job_id=job.job_id, reason="duplicate_id")
+    (code,) = await write_prepared(app, [job], f"job {name!r} was not")
+    if code != WRITTEN:
+        reason = "unique" if code == NOT_UNIQUE else "duplicate_id"
+        _log.info(logs.JOB_REJECTED, job=name, job_id=job.job_id, reason=reason)
         return None
     _log.debug(logs.JOB_ENQUEUED, job=name, job_id=job.job_id, queue=job.queue)
     return Job(

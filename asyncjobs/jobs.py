@@ -51,6 +51,9 @@ class JobSpec:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     give_up_on: tuple[type[BaseException], ...] = ()
     redact_args: bool = False
+    unique_for: float | None = None
+    unique_until: str = "success"
+    unique_key: Callable[..., Any] | None = None
 
     @property
     def flag(self) -> str:
@@ -124,6 +127,9 @@ def build_spec(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     give_up_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     redact_args: bool = False,
+    unique_for: Seconds | None = None,
+    unique_until: str = "success",
+    unique_key: Callable[..., Any] | None = None,
 ) -> JobSpec:
     """Validate ``target`` and build its :class:`JobSpec` (does not register it)."""
     origin = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', target)}"
@@ -162,6 +168,18 @@ def build_spec(
             f"backoff of {origin} must have a delay(failed_try) -> seconds method, "
             "e.g. asyncjobs.Backoff(base=5, cap=600)"
         )
+    unique_s = to_seconds(unique_for, f"unique_for of {origin}")
+    if unique_s is not None and unique_s <= 0:
+        raise JobDefinitionError(f"unique_for of {origin} must be positive")
+    if unique_until not in ("start", "success"):
+        raise JobDefinitionError(
+            f"unique_until of {origin} must be 'start' or 'success', not {unique_until!r}"
+        )
+    if unique_key is not None and (unique_s is None or not callable(unique_key)):
+        raise JobDefinitionError(
+            f"unique_key of {origin} must be a callable taking the job's arguments, "
+            "and needs unique_for"
+        )
     retry_on = _exception_types(retry_on, f"retry_on of {origin}")
     give_up_on = _exception_types(give_up_on, f"give_up_on of {origin}")
     return JobSpec(
@@ -178,6 +196,9 @@ def build_spec(
         retry_on=retry_on,
         give_up_on=give_up_on,
         redact_args=bool(redact_args),
+        unique_for=unique_s,
+        unique_until=unique_until,
+        unique_key=unique_key,
     )
 
 
@@ -266,6 +287,9 @@ JOB_OPTIONS = frozenset(
         "retry_on",
         "give_up_on",
         "redact_args",
+        "unique_for",
+        "unique_until",
+        "unique_key",
     }
 )
 
@@ -291,6 +315,9 @@ def job(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     give_up_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     redact_args: bool = False,
+    unique_for: Seconds | None = None,
+    unique_until: str = "success",
+    unique_key: Callable[..., Any] | None = None,
     registry: Registry | None = None,
 ) -> Callable[[T], T]: ...
 
@@ -304,7 +331,9 @@ def job(target: Any = None, /, *, registry: Registry | None = None, **options: A
     ``timeout`` and ``keep_result`` (seconds or ``timedelta``); and retries:
     ``max_tries`` (default 25), ``backoff`` (default :class:`asyncjobs.Backoff`),
     ``retry_on``/``give_up_on`` (exception classes) and ``redact_args`` (keep no
-    arguments in the job's dead letter), see :mod:`asyncjobs.retries`. The decorated
+    arguments in the job's dead letter), see :mod:`asyncjobs.retries`; and
+    uniqueness: ``unique_for``, ``unique_until``, ``unique_key``, see
+    :mod:`asyncjobs.uniqueness`. The decorated
     object is returned unchanged, so it can still be called directly in tests.
     Raises :class:`JobDefinitionError` for something that cannot be a job and
     :class:`DuplicateJobError` for a taken name.

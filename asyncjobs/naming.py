@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import os
 import re
 from typing import Any
@@ -62,3 +64,14 @@ def new_job_id() -> str:
     is a quarter of the cost of a bulk enqueue where system calls are slow.
     """
     return f"{_id_prefix}{next(_id_counter):016x}"
+
+
+_encode_sorted = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+
+
+def stable_digest(value: Any, size: int = 16) -> bytes:
+    """BLAKE2b of ``value`` as sorted JSON: the same in every process and Python version.
+
+    Values JSON cannot carry are hashed as ``str()``; Python's ``hash()`` is never used.
+    """
+    return hashlib.blake2b(_encode_sorted(value).encode(), digest_size=size).digest()

@@ -30,8 +30,6 @@ there are, and the flag ``disable_<reconciler name>`` stops it. Each run logs
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -46,6 +44,7 @@ from . import logs
 from .bulk import Args, BulkStats
 from .exceptions import JobDefinitionError
 from .jobs import JobSpec, Registry, build_spec, default_registry, to_seconds
+from .naming import stable_digest
 
 if TYPE_CHECKING:
     from .app import App
@@ -55,17 +54,13 @@ _log = structlog.get_logger("asyncjobs.reconcilers")
 QueryFunction = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
-_encode_sorted = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
-
-
 def stable_job_id(job_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    """``<job>:<32 hex>`` where the hex is a BLAKE2b-128 digest of the arguments as sorted JSON.
+    """``<job>:<32 hex>``: a BLAKE2b-128 digest of the arguments as sorted JSON.
 
     The same job and arguments give the same id in every process and Python
     version (no use of ``hash()``); values JSON cannot carry are hashed as ``str()``.
     """
-    encoded = _encode_sorted([args, kwargs]).encode()
-    return f"{job_name}:{hashlib.blake2b(encoded, digest_size=16).hexdigest()}"
+    return f"{job_name}:{stable_digest([args, kwargs]).hex()}"
 
 
 def schedule_from_every(every: timedelta) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from .middleware import ExecutionRequest, compose
 from .retries import DEFAULT_BACKOFF, FIRST_FAILURE_KEY, retried_dead_letter
 from .serializer import serialize, worker_deserializer
 from .settings import HOW_TO_CONFIGURE, Settings, redact
+from .uniqueness import release, unique_key
 
 _log = structlog.get_logger("asyncjobs.worker")
 
@@ -170,6 +171,7 @@ def executor(spec: JobSpec, app: App, *, dead_letters: bool = True) -> WorkerCor
     async def dead(
         ctx: dict[str, Any], about: dict[str, Any], args: Any, kwargs: Any, exc: BaseException
     ) -> None:
+        await release_unique(ctx, spec, args, kwargs, about)  # a dead job frees its lock
         if not dead_letters:
             return
         job_id = str(about["job_id"])
@@ -204,6 +206,8 @@ def executor(spec: JobSpec, app: App, *, dead_letters: bool = True) -> WorkerCor
         job_try = ctx.get("job_try", 1)
         about = {"job": name, "job_id": ctx.get("job_id"), "job_try": job_try}
         log.debug(logs.JOB_STARTED, **about)
+        if spec.unique_for is not None and spec.unique_until == "start":
+            await release_unique(ctx, spec, args, kwargs, about)
         start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
@@ -247,6 +251,8 @@ def executor(spec: JobSpec, app: App, *, dead_letters: bool = True) -> WorkerCor
             )
             await dead(ctx, about, args, kwargs, error)
             raise
+        if spec.unique_for is not None and spec.unique_until == "success":
+            await release_unique(ctx, spec, args, kwargs, about)
         dead_id = retried_dead_letter(about["job_id"])
         if dead_id is not None:  # a dead letter retried by an operator succeeded
             await app.dead.remove(dead_id)
@@ -267,6 +273,20 @@ class JobTimeout(Exception):
 def job_timeout(spec: JobSpec, app: App) -> float:
     """The timeout the execution wrapper enforces for ``spec``."""
     return spec.timeout if spec.timeout is not None else app.settings.job_timeout
+
+
+async def release_unique(
+    ctx: dict[str, Any], spec: JobSpec, args: Any, kwargs: dict[str, Any], about: dict[str, Any]
+) -> None:
+    """Free the job's uniqueness lock if it holds it (best effort: the TTL bounds it anyway)."""
+    lock = unique_key(spec, tuple(args), kwargs)
+    redis = ctx.get("redis")
+    if lock is None or redis is None:
+        return
+    try:
+        await release(redis, lock, str(about["job_id"]))
+    except Exception as exc:
+        _log.warning(logs.UNIQUE_RELEASE_FAILED, **about, error=f"{type(exc).__name__}: {exc}")
 
 
 async def _first_failure(ctx: dict[str, Any], job_id: str, *, pop: bool) -> datetime | None:

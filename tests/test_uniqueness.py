@@ -1,0 +1,140 @@
+"""Unique jobs: unique_for / unique_until, checked and taken in the enqueue's own round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from structlog.testing import capture_logs
+
+import asyncjobs
+from asyncjobs import App, JobDefinitionError, Settings
+from asyncjobs.testing import WorkerProcess
+from tests.conftest import ROOT
+from tests.uniquejobs import (
+    by_account,
+    dies,
+    fails_once,
+    refresh_account,
+    short_lived,
+    sync_account,
+)
+
+
+async def test_a_hundred_concurrent_enqueues_of_one_unique_job_queue_exactly_one(
+    app: App, redis: aioredis.Redis
+) -> None:
+    with capture_logs() as logs:
+        jobs = await asyncio.gather(*(app.enqueue(sync_account, 7) for _ in range(100)))
+    assert sum(j is not None for j in jobs) == 1
+    assert await redis.zcard("arq:queue") == 1
+    reasons = [e["reason"] for e in logs if e["event"] == "job.rejected"]
+    assert reasons == ["unique"] * 99
+
+
+async def test_other_arguments_are_other_jobs_and_unique_key_decides_what_is_the_same(
+    app: App, redis: aioredis.Redis
+) -> None:
+    assert await app.enqueue(sync_account, 1) is not None
+    assert await app.enqueue(sync_account, 2) is not None
+    assert await app.enqueue(by_account, 5, note="a") is not None
+    assert await app.enqueue(by_account, 5, note="b") is None  # same account: same job
+    assert await redis.zcard("arq:queue") == 3
+
+
+async def test_the_window_expires_by_itself(app: App) -> None:
+    assert await app.enqueue(short_lived, 1) is not None
+    assert await app.enqueue(short_lived, 1) is None
+    await asyncio.sleep(0.4)
+    assert await app.enqueue(short_lived, 1) is not None
+
+
+async def test_bulk_enqueue_applies_uniqueness_per_job(app: App, redis: aioredis.Redis) -> None:
+    stats = asyncjobs.BulkStats()
+    batches = [
+        batch async for batch in app.enqueue_stream(sync_account, [1, 2, 1, 3, 2], stats=stats)
+    ]
+    assert len(batches) == 1
+    results = batches[0]
+    assert [r is not None for r in results] == [True, True, False, True, False]
+    assert (stats.written, stats.rejected) == (3, 2)
+    assert await redis.zcard("arq:queue") == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"unique_for": 60, "unique_until": "end"}, "'start' or 'success'"),
+        ({"unique_key": lambda x: x}, "needs unique_for"),
+        ({"unique_for": 0}, "positive"),
+    ],
+)
+def test_bad_uniqueness_options_are_refused(options: dict[str, Any], message: str) -> None:
+    async def f(ctx: dict[str, Any], x: int) -> None: ...
+
+    with pytest.raises(JobDefinitionError, match=message):
+        asyncjobs.job(registry=asyncjobs.Registry(), **options)(f)
+
+
+async def _wait(redis: aioredis.Redis, key: str, count: int = 1, wait: float = 20) -> None:
+    deadline = time.monotonic() + wait
+    while await redis.llen(key) < count:
+        assert time.monotonic() < deadline, f"{key} did not reach {count}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def migrated(settings: Settings) -> Any:
+    async with App(settings) as app:
+        await app.migrate()
+        yield app
+
+
+@pytest.mark.slow
+async def test_until_success_refuses_while_running_and_allows_after_success(
+    migrated: App, worker_env: dict[str, str], redis: aioredis.Redis
+) -> None:
+    env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.uniquejobs"}
+    with WorkerProcess(env, cwd=ROOT) as worker:
+        assert await migrated.enqueue(sync_account, 1) is not None
+        await _wait(redis, "started:sync_account")
+        assert await migrated.enqueue(sync_account, 1) is None  # running: still locked
+        await redis.set("go:sync_account", 1)
+        worker.wait_for('"event": "job.succeeded"')
+        assert await migrated.enqueue(sync_account, 1) is not None
+
+
+@pytest.mark.slow
+async def test_until_start_allows_a_new_enqueue_as_soon_as_the_first_starts(
+    migrated: App, worker_env: dict[str, str], redis: aioredis.Redis
+) -> None:
+    env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.uniquejobs"}
+    with WorkerProcess(env, cwd=ROOT):
+        assert await migrated.enqueue(refresh_account, 1) is not None
+        assert await migrated.enqueue(refresh_account, 1) is None  # queued: locked
+        await _wait(redis, "started:refresh_account")
+        assert await migrated.enqueue(refresh_account, 1) is not None  # started: free
+        await redis.set("go:refresh_account", 1)
+        await _wait(redis, "started:refresh_account", 2)
+
+
+@pytest.mark.slow
+async def test_a_failing_then_retried_job_keeps_the_lock_and_a_dead_one_frees_it(
+    migrated: App, worker_env: dict[str, str], redis: aioredis.Redis
+) -> None:
+    env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.uniquejobs"}
+    with WorkerProcess(env, cwd=ROOT) as worker:
+        assert await migrated.enqueue(fails_once, 1) is not None
+        worker.wait_for('"event": "job.retrying"')
+        assert await migrated.enqueue(fails_once, 1) is None  # waiting for its retry: locked
+        await _wait(redis, "succeeded:fails_once")
+        await asyncio.sleep(0.2)
+        assert await migrated.enqueue(fails_once, 1) is not None
+
+        assert await migrated.enqueue(dies, 1) is not None
+        worker.wait_for('"event": "job.dead"')
+        await asyncio.sleep(0.2)
+        assert await migrated.enqueue(dies, 1) is not None  # dead: the lock went with it

@@ -85,6 +85,7 @@ class App:
         """This App's dead letters: ``await app.dead.list()``, ``retry(id)``, ``purge()``."""
         self._redis: ArqRedis | None = None
         self._db: asyncpg.Pool | None = None
+        self._lock_db: asyncpg.Pool | None = None
         self._db_lock = asyncio.Lock()
         self._client_chain: Handler[EnqueueRequest] | None = None
         self._bulk_chain: Handler[EnqueueRequest] | None = None
@@ -162,6 +163,31 @@ class App:
                     ) from exc
         return self._db
 
+    async def lock_pool(self) -> asyncpg.Pool:
+        """The pool whose connections hold advisory locks for exclusive jobs.
+
+        Separate from :meth:`db` and at most ``settings.lock_connections`` large,
+        so running exclusive jobs never starve other queries of connections.
+        """
+        if self._lock_db is not None:
+            return self._lock_db
+        async with self._db_lock:
+            if self._lock_db is None:
+                url = self.settings.require_database_url()
+                try:
+                    self._lock_db = await asyncpg.create_pool(
+                        url,
+                        min_size=1,
+                        max_size=self.settings.lock_connections,
+                        timeout=self.settings.database_timeout,
+                    )
+                except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                    raise DatabaseUnavailableError(
+                        f"PostgreSQL at {redact(url)} is unreachable for advisory locks "
+                        f"({type(exc).__name__}: {exc})"
+                    ) from exc
+        return self._lock_db
+
     async def enqueue(self, job: Any, /, *args: Any, **kwargs: Any) -> Job | None:
         """Enqueue ``job`` (a decorated job or its name) with ``args`` and ``kwargs``.
 
@@ -238,6 +264,9 @@ class App:
         redis, self._redis = self._redis, None
         self._enqueue_script = None
         db, self._db = self._db, None
+        lock_db, self._lock_db = self._lock_db, None
+        if lock_db is not None:
+            await lock_db.close()
         if redis is not None:
             await redis.aclose(close_connection_pool=True)
         if db is not None:

@@ -54,6 +54,10 @@ class JobSpec:
     unique_for: float | None = None
     unique_until: str = "success"
     unique_key: Callable[..., Any] | None = None
+    lock: Callable[..., Any] | None = None
+    exclusive: bool = False
+    on_locked: str = "redefer"
+    lock_retry: float = 1.0
 
     @property
     def flag(self) -> str:
@@ -130,6 +134,10 @@ def build_spec(
     unique_for: Seconds | None = None,
     unique_until: str = "success",
     unique_key: Callable[..., Any] | None = None,
+    lock: Callable[..., Any] | None = None,
+    exclusive: bool = False,
+    on_locked: str = "redefer",
+    lock_retry: Seconds = 1.0,
 ) -> JobSpec:
     """Validate ``target`` and build its :class:`JobSpec` (does not register it)."""
     origin = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', target)}"
@@ -180,6 +188,16 @@ def build_spec(
             f"unique_key of {origin} must be a callable taking the job's arguments, "
             "and needs unique_for"
         )
+    if lock is not None and not callable(lock):
+        raise JobDefinitionError(
+            f"lock of {origin} must be a callable taking the job's arguments and returning "
+            "the lock's name, e.g. lambda invoice_id: f'invoice:{invoice_id}'"
+        )
+    if on_locked not in ("redefer", "drop"):
+        raise JobDefinitionError(f"on_locked of {origin} must be 'redefer' or 'drop'")
+    lock_retry_s = to_seconds(lock_retry, f"lock_retry of {origin}") or 0.0
+    if lock_retry_s <= 0:
+        raise JobDefinitionError(f"lock_retry of {origin} must be positive")
     retry_on = _exception_types(retry_on, f"retry_on of {origin}")
     give_up_on = _exception_types(give_up_on, f"give_up_on of {origin}")
     return JobSpec(
@@ -199,6 +217,10 @@ def build_spec(
         unique_for=unique_s,
         unique_until=unique_until,
         unique_key=unique_key,
+        lock=lock,
+        exclusive=bool(exclusive),
+        on_locked=on_locked,
+        lock_retry=lock_retry_s,
     )
 
 
@@ -290,6 +312,10 @@ JOB_OPTIONS = frozenset(
         "unique_for",
         "unique_until",
         "unique_key",
+        "lock",
+        "exclusive",
+        "on_locked",
+        "lock_retry",
     }
 )
 
@@ -318,6 +344,10 @@ def job(
     unique_for: Seconds | None = None,
     unique_until: str = "success",
     unique_key: Callable[..., Any] | None = None,
+    lock: Callable[..., Any] | None = None,
+    exclusive: bool = False,
+    on_locked: str = "redefer",
+    lock_retry: Seconds = 1.0,
     registry: Registry | None = None,
 ) -> Callable[[T], T]: ...
 
@@ -332,7 +362,8 @@ def job(target: Any = None, /, *, registry: Registry | None = None, **options: A
     ``max_tries`` (default 25), ``backoff`` (default :class:`asyncjobs.Backoff`),
     ``retry_on``/``give_up_on`` (exception classes) and ``redact_args`` (keep no
     arguments in the job's dead letter), see :mod:`asyncjobs.retries`; and
-    uniqueness: ``unique_for``, ``unique_until``, ``unique_key``, see
+    uniqueness and exclusivity: ``unique_for``, ``unique_until``, ``unique_key``,
+    ``lock``, ``exclusive``, ``on_locked``, ``lock_retry``, see
     :mod:`asyncjobs.uniqueness`. The decorated
     object is returned unchanged, so it can still be called directly in tests.
     Raises :class:`JobDefinitionError` for something that cannot be a job and

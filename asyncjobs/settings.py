@@ -72,6 +72,11 @@ class Settings:
         False,
         "true: treat every job as disabled while flags were never loaded (default false: run)",
     )
+    lock_connections: int = _env(
+        "LOCK_CONNECTIONS",
+        20,
+        "PostgreSQL connections a worker holds for running exclusive jobs (default 20)",
+    )
     log_format: str = _env("LOG_FORMAT", "auto", "auto, json or console (auto: console on a TTY)")
     log_level: str = _env("LOG_LEVEL", "info", "debug, info, warning or error (default info)")
 
@@ -97,6 +102,8 @@ class Settings:
                 raise ConfigurationError(f"{_var(name)} must be a positive number of seconds")
         if self.keep_result < 0:
             raise ConfigurationError(f"{_var('keep_result')} must be 0 or more seconds")
+        if self.lock_connections < 1:
+            raise ConfigurationError(f"{_var('lock_connections')} must be at least 1")
         if self.max_jobs < 1:
             raise ConfigurationError(f"{_var('max_jobs')} must be at least 1")
         if self.log_format not in _LOG_FORMATS:

@@ -1,4 +1,6 @@
-"""Unique jobs: a second enqueue of the same job and arguments is refused for a while.
+"""Unique jobs at enqueue time, and exclusive execution under PostgreSQL advisory locks.
+
+Unique jobs: a second enqueue of the same job and arguments is refused for a while.
 
 ``@job(unique_for=timedelta(minutes=1), unique_until="success")`` takes a lock
 in Redis when a job is enqueued, in the same Lua call that writes the job (no
@@ -17,6 +19,20 @@ value of ``unique_key=``) returns ``None`` and logs ``job.rejected`` with
 The lock is ``asyncjobs:unique:<job>:<32 hex>``, a BLAKE2b digest of the
 arguments (or of ``unique_key(*args, **kwargs)``) as sorted JSON, holding the id
 of the job that took it; only that job releases it.
+
+Exclusive jobs: ``@job(lock=lambda invoice_id: f"invoice:{invoice_id}")`` (or
+``exclusive=True``: one per job and arguments) makes the worker take
+``pg_try_advisory_lock(key)`` before the job runs and release it after. The key
+is the first 8 bytes of a BLAKE2b digest of the lock string, as a signed 64-bit
+integer (:func:`advisory_key`): stable across processes and Python versions.
+When the lock is held elsewhere the job is re-deferred by ``lock_retry``
+seconds (with jitter; these waits do not count as tries) or, with
+``on_locked="drop"``, dropped; both are logged (``job.locked``). Each running
+exclusive job holds one connection of a separate pool of at most
+``ASYNCJOBS_LOCK_CONNECTIONS`` per worker process; when all are busy, the job
+is re-deferred as if locked, so locks never take the connections other
+queries need. A worker that dies loses its sessions, and PostgreSQL frees
+their locks at once: no lock outlives its connection.
 """
 
 from __future__ import annotations
@@ -50,3 +66,20 @@ def unique_key(spec: JobSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 async def release(redis: Redis, key: str, job_id: str) -> bool:
     """Delete the lock if ``job_id`` holds it; whether it did."""
     return bool(await redis.eval(_RELEASE_LUA, 1, key, job_id))  # type: ignore[misc]
+
+
+LOCK_WAITS_PREFIX = "asyncjobs:lock-waits:"
+
+
+def advisory_key(lock: str) -> int:
+    """The signed 64-bit advisory-lock key of the lock string ``lock``."""
+    return int.from_bytes(stable_digest(lock, 8), "big", signed=True)
+
+
+def lock_name(spec: JobSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """The lock string of this call of ``spec``, or ``None`` if it needs no lock."""
+    if spec.lock is not None:
+        return str(spec.lock(*args, **kwargs))
+    if spec.exclusive:
+        return f"{spec.name}:{stable_digest([args, kwargs]).hex()}"
+    return None

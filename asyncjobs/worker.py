@@ -21,15 +21,13 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
 from arq.connections import RedisSettings
 from arq.cron import CronJob
-from arq.typing import WorkerCoroutine
-from arq.worker import Function, Retry, func
+from arq.worker import Function, func
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -38,12 +36,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import logs
 from .app import App, get_app
 from .exceptions import ConfigurationError
-from .jobs import JobSpec
-from .middleware import ExecutionRequest, compose
-from .retries import DEFAULT_BACKOFF, FIRST_FAILURE_KEY, retried_dead_letter
+from .execution import executor, job_timeout
 from .serializer import serialize, worker_deserializer
 from .settings import HOW_TO_CONFIGURE, Settings, redact
-from .uniqueness import release, unique_key
 
 _log = structlog.get_logger("asyncjobs.worker")
 
@@ -148,167 +143,6 @@ def import_job_modules(modules: tuple[str, ...]) -> None:
             ) from exc
 
 
-def executor(spec: JobSpec, app: App, *, dead_letters: bool = True) -> WorkerCoroutine:
-    """The coroutine arq runs for ``spec``: server middleware, retries and instrumentation.
-
-    The job's timeout is enforced here (arq's own is set a little longer), so a
-    timeout is a failure like any other and is retried. On a failure that has
-    tries left, the wrapper raises arq's ``Retry`` with the backoff delay; on the
-    last one (or one ``give_up_on`` names) it writes a dead letter, unless
-    ``dead_letters=False`` (reconcilers: the next period is their retry).
-    """
-    name = spec.name
-    log = _log
-    timeout = job_timeout(spec, app)
-    backoff = spec.backoff or DEFAULT_BACKOFF
-    queue = spec.queue or app.settings.queue_name
-
-    async def invoke(request: ExecutionRequest) -> Any:
-        return await request.spec.invoke(request.ctx, request.args, request.kwargs)
-
-    chain = compose(app.server_middleware, invoke)
-
-    async def dead(
-        ctx: dict[str, Any], about: dict[str, Any], args: Any, kwargs: Any, exc: BaseException
-    ) -> None:
-        await release_unique(ctx, spec, args, kwargs, about)  # a dead job frees its lock
-        if not dead_letters:
-            return
-        job_id = str(about["job_id"])
-        first = await _first_failure(ctx, job_id, pop=True)
-        try:
-            dead_id: int | None = await app.dead.record(
-                job_name=name,
-                job_id=job_id,
-                queue=queue,
-                args=tuple(args),
-                kwargs=kwargs,
-                redact=spec.redact_args,
-                tries=int(about["job_try"]),
-                exc=exc,
-                first_failed_at=first,
-            )
-            log.error(
-                logs.JOB_DEAD, **about, dead_letter_id=dead_id, error=f"{type(exc).__name__}: {exc}"
-            )
-        except Exception as store_exc:  # the store is down: say everything in the log instead
-            log.error(
-                logs.JOB_DEAD,
-                **about,
-                dead_letter_id=None,
-                error=f"{type(exc).__name__}: {exc}",
-                store_error=f"{type(store_exc).__name__}: {store_exc}",
-                args=None if spec.redact_args else list(args),
-                kwargs=None if spec.redact_args else kwargs,
-            )
-
-    async def execute(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        job_try = ctx.get("job_try", 1)
-        about = {"job": name, "job_id": ctx.get("job_id"), "job_try": job_try}
-        log.debug(logs.JOB_STARTED, **about)
-        if spec.unique_for is not None and spec.unique_until == "start":
-            await release_unique(ctx, spec, args, kwargs, about)
-        start = time.perf_counter()
-        try:
-            async with asyncio.timeout(timeout):
-                result = await chain(ExecutionRequest(app, spec, ctx, args, kwargs))
-        except asyncio.CancelledError:  # shutdown or abort, not a failure of the job
-            log.warning(logs.JOB_CANCELLED, **about, duration_ms=_ms_since(start))
-            raise
-        except Retry as exc:  # the job asked to be retried
-            if job_try >= spec.max_tries:
-                await dead(ctx, about, args, kwargs, exc)
-                raise
-            log.info(
-                logs.JOB_RETRYING,
-                **about,
-                duration_ms=_ms_since(start),
-                delay_s=(exc.defer_score or 0) / 1000,
-                error="Retry requested",
-            )
-            raise
-        except Exception as exc:
-            error = exc if not isinstance(exc, TimeoutError) else JobTimeout(timeout)
-            text = f"{type(error).__name__}: {error}"
-            retry = (
-                job_try < spec.max_tries
-                and isinstance(error, spec.retry_on)
-                and not isinstance(error, spec.give_up_on)
-            )
-            if retry:
-                delay = backoff.delay(job_try)
-                await _first_failure(ctx, str(about["job_id"]), pop=False)
-                log.warning(
-                    logs.JOB_RETRYING,
-                    **about,
-                    duration_ms=_ms_since(start),
-                    delay_s=round(delay, 3),
-                    error=text,
-                )
-                raise Retry(defer=delay) from exc
-            log.error(
-                logs.JOB_FAILED, **about, duration_ms=_ms_since(start), error=text, exc_info=exc
-            )
-            await dead(ctx, about, args, kwargs, error)
-            raise
-        if spec.unique_for is not None and spec.unique_until == "success":
-            await release_unique(ctx, spec, args, kwargs, about)
-        dead_id = retried_dead_letter(about["job_id"])
-        if dead_id is not None:  # a dead letter retried by an operator succeeded
-            await app.dead.remove(dead_id)
-        log.info(logs.JOB_SUCCEEDED, **about, duration_ms=_ms_since(start))
-        return result
-
-    execute.__qualname__ = execute.__name__ = name
-    return cast(WorkerCoroutine, execute)
-
-
-class JobTimeout(Exception):
-    """The job ran longer than its timeout."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"the job ran longer than its timeout of {seconds:g}s")
-
-
-def job_timeout(spec: JobSpec, app: App) -> float:
-    """The timeout the execution wrapper enforces for ``spec``."""
-    return spec.timeout if spec.timeout is not None else app.settings.job_timeout
-
-
-async def release_unique(
-    ctx: dict[str, Any], spec: JobSpec, args: Any, kwargs: dict[str, Any], about: dict[str, Any]
-) -> None:
-    """Free the job's uniqueness lock if it holds it (best effort: the TTL bounds it anyway)."""
-    lock = unique_key(spec, tuple(args), kwargs)
-    redis = ctx.get("redis")
-    if lock is None or redis is None:
-        return
-    try:
-        await release(redis, lock, str(about["job_id"]))
-    except Exception as exc:
-        _log.warning(logs.UNIQUE_RELEASE_FAILED, **about, error=f"{type(exc).__name__}: {exc}")
-
-
-async def _first_failure(ctx: dict[str, Any], job_id: str, *, pop: bool) -> datetime | None:
-    """Note (or, with ``pop``, read and forget) when this job first failed. Best effort."""
-    key = FIRST_FAILURE_KEY + job_id
-    redis = ctx.get("redis")
-    if redis is None:
-        return None
-    try:
-        if not pop:
-            await redis.set(key, str(time.time()), nx=True, ex=30 * 86400)
-            return None
-        raw = await redis.getdel(key)
-    except Exception:
-        return None
-    return datetime.fromtimestamp(float(raw), UTC) if raw else None
-
-
-def _ms_since(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 3)
-
-
 def _functions(app: App) -> list[Function]:
     scheduled = {rec.name for rec in app.reconcilers}
     return [
@@ -318,7 +152,9 @@ def _functions(app: App) -> list[Function]:
             # The wrapper enforces the job's timeout; arq's is a backstop one second behind.
             timeout=job_timeout(spec, app) + 1,
             keep_result=spec.keep_result,
-            max_tries=spec.max_tries,
+            # Waits for an advisory lock re-defer through arq without being tries, so
+            # arq must not stop an exclusive job; the wrapper counts its real tries.
+            max_tries=spec.max_tries if spec.lock is None and not spec.exclusive else 1_000_000,
         )
         for spec in app.registry
         if spec.name not in scheduled

@@ -1,0 +1,36 @@
+"""Exclusive jobs for the advisory-lock tests (ASYNCJOBS_IMPORTS=tests.lockjobs)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import asyncjobs
+
+
+@asyncjobs.job(lock=lambda account_id, n: f"account:{account_id}", lock_retry=0.05, max_tries=2)
+async def post_entry(ctx: dict[str, Any], account_id: int, n: int) -> None:
+    """Records when it ran; two of these must never overlap for one account."""
+    started = time.time()
+    await asyncio.sleep(0.02)
+    pool = await ctx["asyncjobs"].db()
+    await pool.execute(
+        "INSERT INTO lock_runs (n, started, ended, pid) VALUES ($1, $2, $3, $4)",
+        n,
+        started,
+        time.time(),
+        os.getpid(),
+    )
+
+
+@asyncjobs.job(lock=lambda account_id, seconds: f"acct:{account_id}", lock_retry=0.05)
+async def hold(ctx: dict[str, Any], account_id: int, seconds: float) -> None:
+    await ctx["redis"].rpush("held", f"{time.time():.6f} {os.getpid()}")
+    await asyncio.sleep(seconds)
+
+
+@asyncjobs.job(lock=lambda account_id: f"acct:{account_id}", on_locked="drop")
+async def optional_refresh(ctx: dict[str, Any], account_id: int) -> None:
+    await ctx["redis"].rpush("refreshed", account_id)

@@ -1,10 +1,12 @@
 """Child process for worker.drain: fill the queue, then time one worker draining it.
 
-Usage: python -m benchmarks._drain {arq|arq-tuned|asyncjobs} REDIS_URL COUNT
+Usage: python -m benchmarks._drain {arq|arq-tuned|asyncjobs|exclusive} REDIS_URL COUNT [DB_URL]
 
 ``arq`` is arq's Worker with its defaults; ``arq-tuned`` is arq's Worker with
 asyncjobs' defaults (max_jobs, poll_delay, keep_result) and no wrapper;
-``asyncjobs`` is ``asyncjobs.WorkerSettings``. All three log as ``arq`` does.
+``asyncjobs`` is ``asyncjobs.WorkerSettings``; ``exclusive`` the same running
+``exclusive_noop`` (an advisory lock per job, PostgreSQL at DB_URL). All log as
+``arq`` does.
 Prints one JSON line: {"seconds": ..., "jobs": ..., "max_rss_kb": ...}.
 """
 
@@ -22,7 +24,7 @@ from uuid import uuid4
 import redis.asyncio as aioredis
 
 
-async def fill(url: str, count: int, serializer: str) -> None:
+async def fill(url: str, count: int, serializer: str, function: str = "noop") -> None:
     """Write COUNT no-op jobs in arq's format with pipelines (not what is measured)."""
     client = aioredis.from_url(url)
     await client.flushdb()
@@ -31,7 +33,7 @@ async def fill(url: str, count: int, serializer: str) -> None:
         pipe = client.pipeline(transaction=False)
         for n in range(start, min(count, start + 5000)):
             job_id = uuid4().hex
-            data = {"t": None, "f": "noop", "a": [n], "k": {}, "et": now}
+            data = {"t": None, "f": function, "a": [n], "k": {}, "et": now}
             raw = pickle.dumps(data) if serializer == "pickle" else json.dumps(data).encode()
             pipe.psetex("arq:job:" + job_id, 86_400_000, raw)
             pipe.zadd("arq:queue", {job_id: now})
@@ -44,7 +46,8 @@ def main() -> None:
     from arq.connections import RedisSettings
     from arq.worker import Worker, create_worker, func
 
-    asyncio.run(fill(url, count, "pickle" if kind.startswith("arq") else "json"))
+    function = "exclusive_noop" if kind == "exclusive" else "noop"
+    asyncio.run(fill(url, count, "pickle" if kind.startswith("arq") else "json", function))
 
     import logging.config
 
@@ -78,6 +81,8 @@ def main() -> None:
     else:
         os.environ["ASYNCJOBS_REDIS_URL"] = url
         os.environ["ASYNCJOBS_IMPORTS"] = "benchmarks.benchjobs"
+        if len(sys.argv) > 4:
+            os.environ["ASYNCJOBS_DATABASE_URL"] = sys.argv[4]
         import asyncjobs
 
         worker = create_worker(asyncjobs.WorkerSettings, burst=True, handle_signals=False)

@@ -14,3 +14,13 @@ async def noop(ctx: dict[str, Any], n: int = 0) -> None:
 
 async def bare_noop(ctx: dict[str, Any], n: int = 0) -> None:
     """The same job for bare arq."""
+
+
+@asyncjobs.job(unique_for=60)
+async def unique_noop(ctx: dict[str, Any], n: int = 0) -> None:
+    """A no-op that is unique per argument for a minute."""
+
+
+@asyncjobs.job(exclusive=True)
+async def exclusive_noop(ctx: dict[str, Any], n: int = 0) -> None:
+    """A no-op that runs under an advisory lock of its own (no contention)."""

@@ -26,8 +26,8 @@ def _child(module: str, *args: str) -> dict[str, Any]:
     return data
 
 
-def _drain(kind: str, redis_url: str, jobs: int) -> dict[str, Any]:
-    data = _child("_drain", kind, redis_url, str(jobs))
+def _drain(kind: str, redis_url: str, jobs: int, *extra: str) -> dict[str, Any]:
+    data = _child("_drain", kind, redis_url, str(jobs), *extra)
     if data["jobs"] != jobs:
         raise RuntimeError(f"{kind} completed {data['jobs']} of {jobs} jobs")
     data["rate"] = jobs / data["seconds"]
@@ -514,4 +514,88 @@ CASES.update(
         "reconcile.1m_rows": reconcile_1m_rows,
         "reconcile.1m_rows.all_queued": reconcile_1m_rows_all_queued,
     }
+)
+
+
+# -- uniqueness and exclusivity ------------------------------------------------
+
+
+def enqueue_unique_for(urls: dict[str, str]) -> dict[str, Any]:
+    """enqueue.unique_for: ``enqueue()`` of a job with ``unique_for`` (distinct arguments, so
+    every call takes a lock) vs the same enqueue of a plain job, sequential, same run.
+
+    The uniqueness check and lock are inside the enqueue's single Lua call: the
+    extra cost is the key's digest and one SET NX in Redis, no round trip.
+    """
+    import asyncio
+    import time
+
+    from benchmarks.benchjobs import noop, unique_noop
+
+    count = 2000
+
+    async def timed(app: Any, job: Any, offset: int) -> float:
+        start = time.perf_counter()
+        for i in range(count):
+            await app.enqueue(job, offset + i)
+        return count / (time.perf_counter() - start)
+
+    async def run() -> tuple[list[float], list[float]]:
+        ours, base = [], []
+        async with _app(urls, flag_ttl=3600.0) as app:
+            await app.migrate()
+            redis = await app.redis()
+            await app.enqueue(noop, -1)
+            for rep in range(REPS):
+                await redis.flushdb()
+                base.append(await timed(app, noop, rep * count))
+                await redis.flushdb()
+                ours.append(await timed(app, unique_noop, rep * count))
+            await redis.flushdb()
+        return ours, base
+
+    ours, base = asyncio.run(run())
+    value, baseline = statistics.median(ours), statistics.median(base)
+    return {
+        "name": "enqueue.unique_for",
+        "value": round(value, 1),
+        "unit": "jobs/s",
+        "baseline": {"name": "asyncjobs.enqueue.plain", "value": round(baseline, 1)},
+        "ratio": round(value / baseline, 2),
+        "target": ">= 0.90x plain enqueue",
+        "met": value / baseline >= 0.9,
+        "runs": [round(r, 1) for r in ours],
+        "baseline_runs": [round(r, 1) for r in base],
+        "notes": f"{count} sequential enqueues per run, {REPS} runs, interleaved",
+    }
+
+
+def worker_exclusive_noop(urls: dict[str, str]) -> dict[str, Any]:
+    """worker.exclusive.noop: one worker drains 20,000 no-op jobs that each run under an
+    advisory lock of their own (``exclusive=True``, no contention), vs the same worker
+    draining plain no-op jobs, same run. Per job: a lock-pool connection, one
+    ``pg_try_advisory_lock`` and one ``pg_advisory_unlock`` round trip.
+    """
+    jobs = int(os.environ.get("BENCH_DRAIN_JOBS", "20000"))
+    ours, base = [], []
+    for _ in range(REPS):
+        ours.append(_drain("exclusive", urls["redis"], jobs, urls["postgres"])["rate"])
+        base.append(_drain("asyncjobs", urls["redis"], jobs)["rate"])
+    value, baseline = statistics.median(ours), statistics.median(base)
+    return {
+        "name": "worker.exclusive.noop",
+        "value": round(value, 1),
+        "unit": "jobs/s",
+        "baseline": {"name": "asyncjobs.worker.noop", "value": round(baseline, 1)},
+        "ratio": round(value / baseline, 2),
+        "target": ">= 0.70x plain worker throughput",
+        "met": value / baseline >= 0.7,
+        "runs": [round(r, 1) for r in ours],
+        "baseline_runs": [round(r, 1) for r in base],
+        "notes": f"{jobs} jobs per run, {REPS} runs, interleaved, each in a fresh process",
+    }
+
+
+CASES.update(
+    {"enqueue.unique_for": enqueue_unique_for, "worker.exclusive.noop": worker_exclusive_noop}
 )

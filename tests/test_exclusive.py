@@ -78,7 +78,8 @@ async def test_two_workers_never_run_two_jobs_with_one_lock_at_once(
         assert after["started"] >= before["ended"], (before, after)  # never overlapping
     assert len({r["pid"] for r in rows}) == 2  # both workers took turns
     locked = [json.loads(x) for w in workers for x in w.lines if '"job.locked"' in x]
-    assert locked and all(e["action"] == "redefer" for e in locked)
+    assert locked
+    assert all(e["action"] == "redefer" for e in locked)
     assert not any('"job.dead"' in x for w in workers for x in w.lines)  # waits are not tries
 
 

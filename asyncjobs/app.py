@@ -31,7 +31,7 @@ from redis.commands.core import AsyncScript
 
 from . import flags as flags_module
 from . import logs
-from .enqueue import ENQUEUE_LUA, split_options, write_job
+from .enqueue import ENQUEUE_LUA, ENQUEUE_UNIQUE_LUA, split_options, write_job
 from .exceptions import DatabaseUnavailableError
 from .jobs import Registry, default_registry
 from .middleware import EnqueueRequest, ExecutionRequest, Handler, Middleware, compose
@@ -89,7 +89,7 @@ class App:
         self._db_lock = asyncio.Lock()
         self._client_chain: Handler[EnqueueRequest] | None = None
         self._bulk_chain: Handler[EnqueueRequest] | None = None
-        self._enqueue_script: AsyncScript | None = None
+        self._enqueue_scripts: dict[bool, AsyncScript] = {}
 
     async def __aenter__(self) -> App:
         return self
@@ -122,11 +122,13 @@ class App:
             )
         return self._redis
 
-    async def enqueue_script(self) -> AsyncScript:
-        """The enqueue Lua script, registered on this App's Redis client."""
-        if self._enqueue_script is None:
-            self._enqueue_script = (await self.redis()).register_script(ENQUEUE_LUA)
-        return self._enqueue_script
+    async def enqueue_script(self, *, unique: bool = False) -> AsyncScript:
+        """The enqueue Lua script (with uniqueness locks or not) on this App's Redis client."""
+        script = self._enqueue_scripts.get(unique)
+        if script is None:
+            lua = ENQUEUE_UNIQUE_LUA if unique else ENQUEUE_LUA
+            script = self._enqueue_scripts[unique] = (await self.redis()).register_script(lua)
+        return script
 
     def bulk_chain(self) -> Handler[EnqueueRequest]:
         """The client chain whose innermost step collects jobs for a batch write."""
@@ -262,7 +264,7 @@ class App:
         """Close both pools. The App can be used again afterwards (it reconnects)."""
         await self.flags.close()
         redis, self._redis = self._redis, None
-        self._enqueue_script = None
+        self._enqueue_scripts.clear()
         db, self._db = self._db, None
         lock_db, self._lock_db = self._lock_db, None
         if lock_db is not None:

@@ -180,18 +180,34 @@ def _serialization_message(
 
 
 ENQUEUE_LUA = """
--- KEYS: per job, its job key, result key, queue and uniqueness lock (the job
--- key again when the job is not unique). ARGV: per job, the expiry (ms), score,
--- payload, id and the lock's TTL in ms (0: not unique). A job is written whole
--- (key and queue entry) or not at all. Per job the reply is 1 (written), 0 (a
--- job or result with its id exists: arq's rule) or 2 (the uniqueness lock is held).
+-- KEYS: per job, its job key, result key and queue. ARGV: per job, the expiry
+-- (ms), score, payload and id. A job is written whole (key and queue entry) or,
+-- while a job or result with its id exists (arq's rule), not at all. Per job the
+-- reply is 1 (written) or 0 (duplicate id).
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local k, a = i * 3, i * 4
+  if redis.call('EXISTS', KEYS[k + 1], KEYS[k + 2]) == 0 then
+    redis.call('PSETEX', KEYS[k + 1], ARGV[a + 1], ARGV[a + 3])
+    redis.call('ZADD', KEYS[k + 3], ARGV[a + 2], ARGV[a + 4])
+    out[i + 1] = 1
+  else
+    out[i + 1] = 0
+  end
+end
+return out
+"""
+
+ENQUEUE_UNIQUE_LUA = """
+-- As ENQUEUE_LUA, with a fourth key per job, its uniqueness lock, and a fifth
+-- argument, the lock's TTL in ms: a job whose lock is held is not written and
+-- its reply is 2. The lock is taken in the same call as the write.
 local out = {}
 for i = 0, #KEYS / 4 - 1 do
   local k, a = i * 4, i * 5
   if redis.call('EXISTS', KEYS[k + 1], KEYS[k + 2]) ~= 0 then
     out[i + 1] = 0
-  elseif ARGV[a + 5] ~= '0'
-      and not redis.call('SET', KEYS[k + 4], ARGV[a + 4], 'NX', 'PX', ARGV[a + 5]) then
+  elseif not redis.call('SET', KEYS[k + 4], ARGV[a + 4], 'NX', 'PX', ARGV[a + 5]) then
     out[i + 1] = 2
   else
     redis.call('PSETEX', KEYS[k + 1], ARGV[a + 1], ARGV[a + 3])
@@ -265,11 +281,17 @@ async def write_prepared(app: App, jobs: list[Prepared], what: str) -> list[int]
     """Write ``jobs`` in one round trip; per job WRITTEN, DUPLICATE_ID or NOT_UNIQUE."""
     keys: list[str] = []
     args: list[Any] = []
+    # A batch holds one job's calls, so either all are unique or none is.
+    unique = jobs[0].unique_key is not None
     for job in jobs:
         job_key = job_key_prefix + job.job_id
-        keys += (job_key, result_key_prefix + job.job_id, job.queue, job.unique_key or job_key)
-        args += (job.expires_ms, job.score, job.payload, job.job_id, job.unique_ms)
-    script = await app.enqueue_script()
+        if unique:
+            keys += (job_key, result_key_prefix + job.job_id, job.queue, job.unique_key or "")
+            args += (job.expires_ms, job.score, job.payload, job.job_id, job.unique_ms)
+        else:
+            keys += (job_key, result_key_prefix + job.job_id, job.queue)
+            args += (job.expires_ms, job.score, job.payload, job.job_id)
+    script = await app.enqueue_script(unique=unique)
     try:
         async with asyncio.timeout(app.settings.redis_timeout):
             written = await script(keys=keys, args=args)

@@ -106,6 +106,20 @@ def _registry_from_env() -> Any:
         raise click.ClickException(str(exc)) from exc
 
 
+def _stopped_flags(app: Any) -> dict[str, bool] | None:
+    """Each flag's state, or ``None`` when no database is configured to ask."""
+    if app.settings.database_url is None:
+        return None
+
+    async def go() -> dict[str, bool]:
+        try:
+            return {f.name: f.enabled for f in await app.flags.list()}
+        finally:
+            await app.close()
+
+    return _run(go)
+
+
 @jobs.command("list")
 def jobs_list() -> None:
     """List the registered jobs with their queue, timeout and whether each is stopped."""
@@ -116,16 +130,7 @@ def jobs_list() -> None:
         click.echo("no jobs registered; set ASYNCJOBS_IMPORTS to the modules that define them")
         return
     app = get_app()
-
-    async def states() -> dict[str, bool] | None:
-        if app.settings.database_url is None:
-            return None
-        try:
-            return {f.name: f.enabled for f in await app.flags.list()}
-        finally:
-            await app.close()
-
-    stopped = _run(states)
+    stopped = _stopped_flags(app)
     click.echo(f"{'job':28} {'queue':12} {'timeout':>8}  {'state':8} {'flag':34} defined in")
     for spec in registry:
         queue = spec.queue or app.settings.queue_name
@@ -388,15 +393,7 @@ def reconcile(name: str | None, list_: bool) -> None:
             click.echo("no reconcilers registered; set ASYNCJOBS_IMPORTS to their modules")
             return
 
-        async def states() -> dict[str, bool] | None:
-            if app.settings.database_url is None:
-                return None
-            try:
-                return {f.name: f.enabled for f in await app.flags.list()}
-            finally:
-                await app.close()
-
-        stopped = _run(states)
+        stopped = _stopped_flags(app)
         click.echo(f"{'reconciler':28} {'job':24} {'schedule':26} {'state':8} flag")
         for rec in app.reconcilers:
             state = "?" if stopped is None else ("STOPPED" if stopped.get(rec.flag) else "running")

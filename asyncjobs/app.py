@@ -144,25 +144,10 @@ class App:
         Raises :class:`DatabaseUnavailableError` if PostgreSQL cannot be reached
         within ``settings.database_timeout``; the next call tries again.
         """
-        if self._db is not None:
-            return self._db
-        async with self._db_lock:
-            if self._db is None:
-                url = self.settings.require_database_url()
-                try:
-                    self._db = await asyncpg.create_pool(
-                        url,
-                        min_size=1,
-                        max_size=10,
-                        timeout=self.settings.database_timeout,
-                        command_timeout=max(self.settings.database_timeout, 30.0),
-                    )
-                except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-                    _log.warning(logs.DATABASE_UNAVAILABLE, error=str(exc), url=redact(url))
-                    raise DatabaseUnavailableError(
-                        f"PostgreSQL at {redact(url)} is unreachable ({type(exc).__name__}: "
-                        f"{exc}). Check ASYNCJOBS_DATABASE_URL and that PostgreSQL is running."
-                    ) from exc
+        if self._db is None:
+            async with self._db_lock:
+                if self._db is None:
+                    self._db = await self._create_pool(10, "")
         return self._db
 
     async def lock_pool(self) -> asyncpg.Pool:
@@ -171,24 +156,30 @@ class App:
         Separate from :meth:`db` and at most ``settings.lock_connections`` large,
         so running exclusive jobs never starve other queries of connections.
         """
-        if self._lock_db is not None:
-            return self._lock_db
-        async with self._db_lock:
-            if self._lock_db is None:
-                url = self.settings.require_database_url()
-                try:
-                    self._lock_db = await asyncpg.create_pool(
-                        url,
-                        min_size=1,
-                        max_size=self.settings.lock_connections,
-                        timeout=self.settings.database_timeout,
+        if self._lock_db is None:
+            async with self._db_lock:
+                if self._lock_db is None:
+                    self._lock_db = await self._create_pool(
+                        self.settings.lock_connections, " for advisory locks"
                     )
-                except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-                    raise DatabaseUnavailableError(
-                        f"PostgreSQL at {redact(url)} is unreachable for advisory locks "
-                        f"({type(exc).__name__}: {exc})"
-                    ) from exc
         return self._lock_db
+
+    async def _create_pool(self, max_size: int, purpose: str) -> asyncpg.Pool:
+        url = self.settings.require_database_url()
+        try:
+            return await asyncpg.create_pool(
+                url,
+                min_size=1,
+                max_size=max_size,
+                timeout=self.settings.database_timeout,
+                command_timeout=max(self.settings.database_timeout, 30.0),
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            _log.warning(logs.DATABASE_UNAVAILABLE, error=str(exc), url=redact(url))
+            raise DatabaseUnavailableError(
+                f"PostgreSQL at {redact(url)} is unreachable{purpose} ({type(exc).__name__}: "
+                f"{exc}). Check ASYNCJOBS_DATABASE_URL and that PostgreSQL is running."
+            ) from exc
 
     async def enqueue(self, job: Any, /, *args: Any, **kwargs: Any) -> Job | None:
         """Enqueue ``job`` (a decorated job or its name) with ``args`` and ``kwargs``.

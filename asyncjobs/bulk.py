@@ -19,6 +19,8 @@ the error says how many jobs that was.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -28,12 +30,14 @@ import structlog
 from arq.jobs import Job
 
 from . import logs
-from .enqueue import NOT_UNIQUE, WRITTEN, Prepared, prepare, split_options, write_prepared
+from .enqueue import NOT_UNIQUE, WRITTEN, Prepared, prepare, send_prepared, split_options
 from .exceptions import EnqueueError, InvalidOptionError
 from .middleware import EnqueueRequest, compose
 from .serializer import deserialize
 
 if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
     from .app import App
     from .jobs import JobSpec
 
@@ -49,6 +53,14 @@ class Args:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args = args
         self.kwargs = kwargs
+
+    @classmethod
+    def of(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Args:
+        """``Args(*args, **kwargs)`` without unpacking and repacking both (a hot path)."""
+        made = cls.__new__(cls)
+        made.args = args
+        made.kwargs = kwargs
+        return made
 
     def __repr__(self) -> str:
         parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
@@ -71,11 +83,20 @@ class _Pending:
         self.index = index
 
 
-_batch: contextvars.ContextVar[list[Prepared]] = contextvars.ContextVar("asyncjobs_bulk_batch")
+class _Collector:
+    """The batch being collected by the chain's innermost step; handed off when full."""
+
+    __slots__ = ("batch",)
+
+    def __init__(self) -> None:
+        self.batch: list[Prepared] = []
+
+
+_collector: contextvars.ContextVar[_Collector] = contextvars.ContextVar("asyncjobs_bulk_batch")
 
 
 async def _collect(request: EnqueueRequest) -> _Pending:
-    batch = _batch.get()
+    batch = _collector.get().batch
     batch.append(prepare(request))
     return _Pending(len(batch) - 1)
 
@@ -121,6 +142,9 @@ async def enqueue_stream(
     """Enqueue one job per item; yield each batch's results (Job, or None if rejected).
 
     ``stats``, if given, is updated with the written, duplicate and rejected counts.
+    A full batch is sent to Redis and the next one is prepared while Redis runs
+    it; its results are yielded once its reply is in, so at most one batch is
+    in flight and results come in input order.
     """
     spec: JobSpec = app.registry.resolve(job)
     if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
@@ -134,9 +158,10 @@ async def enqueue_stream(
     options = split_options(spec, (), options, bind=False)[1]
     chain = app.bulk_chain()
     done = 0
-    batch: list[Prepared] = []
+    collector = _Collector()
     results: list[Any] = []
-    token = _batch.set(batch)
+    in_flight: _InFlight | None = None
+    token = _collector.set(collector)
     try:
         index = 0
         async for item in _source(items):
@@ -154,78 +179,130 @@ async def enqueue_stream(
                     await chain(EnqueueRequest(app, spec, args, job_kwargs, job_options))
                 )
             except EnqueueError as exc:
+                if in_flight is not None:  # the batch before this one is enqueued first
+                    done += len(await in_flight.finish(stats))
+                    in_flight = None
                 raise type(exc)(
                     f"item {index} ({item!r}): {exc} -- {done} job(s) of earlier batches were "
                     "enqueued; nothing of this batch was written"
                 ) from exc
             index += 1
             if len(results) >= batch_size:
-                yield await _flush(app, spec, batch, results, done, stats)
-                done += len(results)
-                batch.clear()
+                if in_flight is not None:
+                    written = await in_flight.finish(stats)
+                    in_flight = None
+                    done += len(written)
+                    yield written
+                in_flight = await _InFlight.send(app, spec, collector.batch, results, done)
+                collector.batch = []
                 results = []
+        if in_flight is not None:
+            written = await in_flight.finish(stats)
+            in_flight = None
+            done += len(written)
+            yield written
         if results:
-            yield await _flush(app, spec, batch, results, done, stats)
+            last = await _InFlight.send(app, spec, collector.batch, results, done)
+            yield await last.finish(stats)
+    except BaseException as exc:
+        if in_flight is not None:
+            stop = isinstance(exc, asyncio.CancelledError | GeneratorExit)
+            await in_flight.abandon(cancel=stop)
+        raise
     finally:
-        _batch.reset(token)
+        _collector.reset(token)
 
 
-async def _flush(
-    app: App,
-    spec: JobSpec,
-    batch: list[Prepared],
-    results: list[Any],
-    done: int,
-    stats: BulkStats | None,
-) -> list[Job | None]:
-    written = (
-        await write_prepared(
-            app,
-            batch,
-            f"the batch of {len(batch)} job(s) may not have been (each job is written whole or "
-            f"not at all; {done} job(s) of earlier batches were enqueued, and a job's _job_id "
-            "makes a retry safe)",
-        )
-        if batch
-        else []
-    )
-    redis = await app.redis()
-    out: list[Job | None] = []
-    duplicates = not_unique = 0
-    for result in results:
-        if isinstance(result, _Pending):
-            prepared = batch[result.index]
-            code = written[result.index]
-            if code == WRITTEN:
-                out.append(
-                    Job(
-                        prepared.job_id,
-                        redis=redis,
-                        _queue_name=prepared.queue,
-                        _deserializer=deserialize,
+class _InFlight:
+    """A batch whose write is sent; its reply is read in a task while the next batch is made."""
+
+    __slots__ = ("batch", "redis", "reply", "results", "spec")
+
+    def __init__(
+        self,
+        redis: ArqRedis,
+        spec: JobSpec,
+        batch: list[Prepared],
+        results: list[Any],
+        reply: asyncio.Future[list[int]] | None,
+    ) -> None:
+        self.redis = redis
+        self.spec = spec
+        self.batch = batch
+        self.results = results
+        self.reply = reply
+
+    @classmethod
+    async def send(
+        cls, app: App, spec: JobSpec, batch: list[Prepared], results: list[Any], done: int
+    ) -> _InFlight:
+        reply = None
+        if batch:  # else every job of the batch was rejected by middleware
+            what = (
+                f"the batch of {len(batch)} job(s) may not have been (each job is written whole "
+                f"or not at all; {done} job(s) of earlier batches were enqueued, and a job's "
+                "_job_id makes a retry safe)"
+            )
+            reply = asyncio.ensure_future(await send_prepared(app, batch, what))
+        return cls(await app.redis(), spec, batch, results, reply)
+
+    async def abandon(self, *, cancel: bool) -> None:
+        """The stream failed (or, ``cancel``, is cancelled or closed) with this batch sent.
+
+        The batch is in Redis's hands either way; its reply is awaited (so the
+        connection is kept) unless cancelling, and its own error, if any, gives
+        way to the one already raised.
+        """
+        if self.reply is None:
+            return
+        if cancel:
+            self.reply.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.reply
+
+    async def finish(self, stats: BulkStats | None) -> list[Job | None]:
+        """The batch's results in input order, once Redis has answered."""
+        written = await self.reply if self.reply is not None else []
+        self.reply = None
+        batch = self.batch
+        redis = self.redis
+        out: list[Job | None] = []
+        duplicates = not_unique = 0
+        for result in self.results:
+            if isinstance(result, _Pending):
+                prepared = batch[result.index]
+                code = written[result.index]
+                if code == WRITTEN:
+                    out.append(
+                        Job(
+                            prepared.job_id,
+                            redis=redis,
+                            _queue_name=prepared.queue,
+                            _deserializer=deserialize,
+                        )
                     )
-                )
-            else:
-                if code == NOT_UNIQUE:
-                    not_unique += 1
                 else:
-                    duplicates += 1
-                out.append(None)
-        else:
-            out.append(result)
-    if stats is not None:
-        stats.written += len(batch) - duplicates - not_unique
-        stats.duplicates += duplicates
-        stats.rejected += len(results) - len(batch) + not_unique
-    _log.debug(
-        logs.JOBS_ENQUEUED,
-        job=spec.name,
-        written=len(batch) - duplicates - not_unique,
-        duplicates=duplicates,
-        not_unique=not_unique,
-        rejected=len(results) - len(batch),
-    )
-    return out
+                    if code == NOT_UNIQUE:
+                        not_unique += 1
+                    else:
+                        duplicates += 1
+                    out.append(None)
+            else:
+                out.append(result)
+        rejected = len(self.results) - len(batch)
+        if stats is not None:
+            stats.written += len(batch) - duplicates - not_unique
+            stats.duplicates += duplicates
+            stats.rejected += rejected + not_unique
+        _log.debug(
+            logs.JOBS_ENQUEUED,
+            job=self.spec.name,
+            written=len(batch) - duplicates - not_unique,
+            duplicates=duplicates,
+            not_unique=not_unique,
+            rejected=rejected,
+        )
+        return out
 
 
 async def enqueue_many(

@@ -22,6 +22,7 @@ import asyncio
 import difflib
 import json
 import random
+from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -30,6 +31,7 @@ from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import Job
 from arq.utils import timestamp_ms, to_unix_ms
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import logs
@@ -41,7 +43,7 @@ from .exceptions import (
     UnknownOptionError,
 )
 from .naming import new_job_id
-from .serializer import deserialize
+from .serializer import compact_encoder, deserialize
 from .uniqueness import unique_key
 
 if TYPE_CHECKING:
@@ -81,7 +83,7 @@ def split_options(
     """
     options: dict[str, Any] = {}
     job_kwargs = kwargs
-    if any(key[:1] == "_" for key in kwargs):
+    if kwargs:
         job_kwargs = {}
         for key, value in kwargs.items():
             if key[:1] != "_":
@@ -91,7 +93,8 @@ def split_options(
                     options[key] = value
             else:
                 raise UnknownOptionError(_unknown_option_message(spec.name, key))
-        _check_options(spec.name, options)
+        if options:
+            _check_options(spec.name, options)
     if not bind:
         return job_kwargs, options
     try:
@@ -124,7 +127,15 @@ def _seconds(name: str, value: Any, *, allow_zero: bool) -> float:
     return seconds
 
 
+def _check_text(key: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidOptionError(f"{key} must be a non-empty string, not {value!r}")
+
+
 def _check_options(job_name: str, options: dict[str, Any]) -> None:
+    if len(options) == 1 and "_job_id" in options:  # reconcilers: a stable id per job
+        _check_text("_job_id", options["_job_id"])
+        return
     if "_defer_by" in options and "_defer_until" in options:
         raise InvalidOptionError(f"enqueue({job_name!r}): use _defer_by or _defer_until, not both")
     if "_defer_by" in options:
@@ -136,8 +147,8 @@ def _check_options(job_name: str, options: dict[str, Any]) -> None:
             f"_defer_until must be a datetime, not {options['_defer_until']!r}"
         )
     for key in ("_job_id", "_queue_name"):
-        if key in options and (not isinstance(options[key], str) or not options[key]):
-            raise InvalidOptionError(f"{key} must be a non-empty string, not {options[key]!r}")
+        if key in options:
+            _check_text(key, options[key])
     if "_jitter" in options:
         high = _seconds("_jitter", options["_jitter"], allow_zero=False)
         low = _seconds("_jitter_min", options.get("_jitter_min", 0), allow_zero=True)
@@ -150,14 +161,32 @@ def _check_options(job_name: str, options: dict[str, Any]) -> None:
         raise InvalidOptionError(f"_job_try must be a whole number from 1, not {job_try!r}")
 
 
+_encode_value = compact_encoder(allow_nan=False)
+
+
+_name_json: dict[str, str] = {}
+
+
 def serialize_job(
     name: str, args: tuple[Any, ...], kwargs: dict[str, Any], job_try: int | None, now_ms: int
 ) -> bytes:
-    """arq's job payload as JSON, or :class:`JobSerializationError` naming the bad argument."""
+    """arq's job payload as JSON, or :class:`JobSerializationError` naming the bad argument.
+
+    The bytes are those of ``{"t":…,"f":…,"a":…,"k":…,"et":…}`` encoded whole
+    (compact, ASCII); only the arguments go through the encoder.
+    """
     try:
-        return _encode({"t": job_try, "f": name, "a": args, "k": kwargs, "et": now_ms}).encode()
-    except (TypeError, ValueError) as exc:
+        encoded_args = _encode_value(args)
+        encoded_kwargs = _encode_value(kwargs) if kwargs else "{}"
+    except (TypeError, ValueError, RecursionError) as exc:
         raise JobSerializationError(_serialization_message(name, args, kwargs, exc)) from exc
+    quoted = _name_json.get(name)
+    if quoted is None:
+        quoted = _name_json[name] = _encode(name)
+    job_try_json = "null" if job_try is None else str(int(job_try))
+    return (
+        f'{{"t":{job_try_json},"f":{quoted},"a":{encoded_args},"k":{encoded_kwargs},"et":{now_ms}}}'
+    ).encode()
 
 
 def _serialization_message(
@@ -277,31 +306,116 @@ def _jitter_seconds(options: dict[str, Any]) -> float:
     return random.uniform(low, high)
 
 
-async def write_prepared(app: App, jobs: list[Prepared], what: str) -> list[int]:
-    """Write ``jobs`` in one round trip; per job WRITTEN, DUPLICATE_ID or NOT_UNIQUE."""
-    keys: list[str] = []
-    args: list[Any] = []
-    # A batch holds one job's calls, so either all are unique or none is.
+_JOB_KEYS = (
+    b"$%d\r\n" + job_key_prefix.encode() + b"%b\r\n$%d\r\n" + result_key_prefix.encode() + b"%b\r\n"
+)
+_JOB_KEYS_EXTRA = (len(job_key_prefix.encode()), len(result_key_prefix.encode()))
+_JOB_ARGS = b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+_queue_resp: dict[str, bytes] = {}
+
+
+def _bulk_string(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def pack_enqueue(sha: str, jobs: list[Prepared]) -> bytes:
+    """The EVALSHA command writing ``jobs``, in Redis's wire format (RESP).
+
+    Packed here rather than by redis-py, whose general-purpose packing of the
+    seven arguments a job takes was the largest cost of a bulk enqueue.
+    """
     unique = jobs[0].unique_key is not None
+    keys: list[bytes] = []
+    argv: list[bytes] = []
+    job_extra, result_extra = _JOB_KEYS_EXTRA
     for job in jobs:
-        job_key = job_key_prefix + job.job_id
+        job_id = job.job_id.encode()
+        size = len(job_id)
+        queue = _queue_resp.get(job.queue)
+        if queue is None:
+            queue = _queue_resp[job.queue] = _bulk_string(job.queue.encode())
+        expires = b"%d" % job.expires_ms
+        score = b"%d" % job.score
+        payload = job.payload
+        keys.append(_JOB_KEYS % (size + job_extra, job_id, size + result_extra, job_id))
+        keys.append(queue)
+        argv.append(
+            _JOB_ARGS
+            % (len(expires), expires, len(score), score, len(payload), payload, size, job_id)
+        )
         if unique:
-            keys += (job_key, result_key_prefix + job.job_id, job.queue, job.unique_key or "")
-            args += (job.expires_ms, job.score, job.payload, job.job_id, job.unique_ms)
-        else:
-            keys += (job_key, result_key_prefix + job.job_id, job.queue)
-            args += (job.expires_ms, job.score, job.payload, job.job_id)
-    script = await app.enqueue_script(unique=unique)
+            keys.append(_bulk_string((job.unique_key or "").encode()))
+            argv.append(_bulk_string(b"%d" % job.unique_ms))
+    per_job_keys, per_job_args = (4, 5) if unique else (3, 4)
+    key_count = b"%d" % (per_job_keys * len(jobs))
+    head = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (
+        3 + (per_job_keys + per_job_args) * len(jobs),
+        _bulk_string(sha.encode()),
+        _bulk_string(key_count),
+    )
+    return b"".join((head, *keys, *argv))
+
+
+async def send_prepared(app: App, jobs: list[Prepared], what: str) -> Awaitable[list[int]]:
+    """Send the write of ``jobs`` (one EVALSHA); returns the awaitable of its reply.
+
+    The reply is per job WRITTEN, DUPLICATE_ID or NOT_UNIQUE (a batch holds one
+    job's calls, so either all are unique or none is). Sending and reading are
+    separate so that a bulk enqueue prepares its next batch while Redis runs
+    this one; the reply must be awaited (it gives the connection back). Both
+    steps together are bounded by ``settings.redis_timeout``; an unreachable
+    Redis raises :class:`RedisUnavailableError` saying that ``what`` enqueued.
+    """
+    script = await app.enqueue_script(unique=jobs[0].unique_key is not None)
+    command = pack_enqueue(script.sha, jobs)
+    redis = await app.redis()
+    pool = redis.connection_pool
+    deadline = asyncio.get_running_loop().time() + app.settings.redis_timeout
     try:
-        async with asyncio.timeout(app.settings.redis_timeout):
-            written = await script(keys=keys, args=args)
-    except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
-        raise RedisUnavailableError(
-            f"Redis is unreachable ({type(exc).__name__}: {exc or 'timed out'} after at most "
-            f"{app.settings.redis_timeout}s); {what} enqueued. "
-            "Check ASYNCJOBS_REDIS_URL and that Redis is running."
-        ) from exc
-    return [int(code) for code in written]
+        async with asyncio.timeout_at(deadline):
+            conn = await pool.get_connection()
+            try:
+                await conn.send_packed_command(command)
+            except BaseException:
+                await pool.release(conn)  # redis-py has disconnected it
+                raise
+    except _UNAVAILABLE as exc:
+        raise _unavailable(app, what, exc) from exc
+
+    async def reply() -> list[int]:
+        try:
+            async with asyncio.timeout_at(deadline):
+                try:
+                    try:
+                        return await conn.read_response()  # type: ignore[no-any-return]
+                    except NoScriptError:
+                        pass
+                    await redis.script_load(script.script)
+                    await conn.send_packed_command(command)
+                    return await conn.read_response()  # type: ignore[no-any-return]
+                finally:
+                    # redis-py has disconnected the connection if sending or reading failed.
+                    await pool.release(conn)
+        except _UNAVAILABLE as exc:
+            raise _unavailable(app, what, exc) from exc
+
+    return reply()
+
+
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+
+def _unavailable(app: App, what: str, exc: BaseException) -> RedisUnavailableError:
+    return RedisUnavailableError(
+        f"Redis is unreachable ({type(exc).__name__}: {exc or 'timed out'} after at most "
+        f"{app.settings.redis_timeout}s); {what} enqueued. "
+        "Check ASYNCJOBS_REDIS_URL and that Redis is running."
+    )
+
+
+async def write_prepared(app: App, jobs: list[Prepared], what: str) -> list[int]:
+    """Write ``jobs`` in one round trip (see :func:`send_prepared`) and wait for the reply."""
+    return await (await send_prepared(app, jobs, what))
 
 
 async def write_job(request: EnqueueRequest) -> Job | None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 import re
 from typing import Any
+
+from .serializer import compact_encoder
 
 _VALID_JOB_NAME = re.compile(r"^[a-z][a-z0-9_]{0,119}$")
 _CAMEL_BOUNDARY_1 = re.compile(r"(.)([A-Z][a-z]+)")
@@ -66,7 +67,7 @@ def new_job_id() -> str:
     return f"{_id_prefix}{next(_id_counter):016x}"
 
 
-_encode_sorted = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+_encode_sorted = compact_encoder(sort_keys=True, default=str)
 
 
 def stable_digest(value: Any, size: int = 16) -> bytes:

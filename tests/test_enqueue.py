@@ -9,6 +9,9 @@ import pytest
 import redis.asyncio as aioredis
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 import asyncjobs
 from asyncjobs import (
@@ -22,6 +25,7 @@ from asyncjobs import (
     UnknownJobError,
     UnknownOptionError,
 )
+from asyncjobs.enqueue import serialize_job
 from asyncjobs.serializer import deserialize
 from asyncjobs.testing import free_port
 from tests.workerjobs import InvoiceJob, record_args
@@ -204,3 +208,41 @@ async def test_no_redis_url_is_a_configuration_error(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("ASYNCJOBS_REDIS_URL", raising=False)
     with pytest.raises(asyncjobs.ConfigurationError, match="ASYNCJOBS_REDIS_URL is not set"):
         await asyncjobs.enqueue("record_args", 5)
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    args=st.lists(_json_values, max_size=4).map(tuple),
+    kwargs=st.dictionaries(st.text(), _json_values, max_size=3),
+    job_try=st.none() | st.integers(1, 50),
+)
+def test_payloads_are_the_bytes_jsonencoder_writes(
+    args: tuple[Any, ...], kwargs: dict[str, Any], job_try: int | None
+) -> None:
+    payload = serialize_job("récord", args, kwargs, job_try, 1_763_000_000_000)
+    expected = {"t": job_try, "f": "récord", "a": args, "k": kwargs, "et": 1_763_000_000_000}
+    assert payload == json.dumps(expected, separators=(",", ":"), allow_nan=False).encode()
+
+
+def test_a_circular_or_bad_argument_does_not_spoil_later_payloads() -> None:
+    loop: list[Any] = [1]
+    loop.append(loop)
+    shared = [1, 2]
+    for bad, message in ((loop, "Circular reference"), (float("inf"), "Out of range")):
+        with pytest.raises(JobSerializationError, match=message):
+            serialize_job("record_args", (bad,), {}, None, 1)
+        # The same list twice is not circular: the encoder's markers were reset.
+        assert serialize_job("record_args", (shared, shared), {}, None, 1) == (
+            b'{"t":null,"f":"record_args","a":[[1,2],[1,2]],"k":{},"et":1}'
+        )

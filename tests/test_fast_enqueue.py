@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -35,10 +36,18 @@ async def _keys(redis: aioredis.Redis, job_id: str, queue: str = "arq:queue") ->
     payload.pop("et")
     return {
         "type": (await redis.type(f"arq:job:{job_id}")).decode(),
-        "ttl_s": round(await redis.pttl(f"arq:job:{job_id}") / 1000),
+        "ttl_ms": await redis.pttl(f"arq:job:{job_id}"),
         "payload": payload,
-        "score_s": round(await redis.zscore(queue, job_id) / 1000),
+        "score_ms": await redis.zscore(queue, job_id),
     }
+
+
+async def _assert_same_keys(redis: aioredis.Redis, ours: str, theirs: str, queue: str) -> None:
+    """The same key type and payload; TTL and score equal but for the time between the calls."""
+    a, b = await _keys(redis, ours, queue), await _keys(redis, theirs, queue)
+    assert (a["type"], a["payload"]) == (b["type"], b["payload"])
+    assert abs(a["ttl_ms"] - b["ttl_ms"]) < 2000
+    assert abs(a["score_ms"] - b["score_ms"]) < 2000
 
 
 @pytest.mark.parametrize(
@@ -64,7 +73,7 @@ async def test_writes_the_same_keys_as_arqs_enqueue_job(
     assert ours is not None
     assert theirs is not None
     queue = options.get("_queue_name", "arq:queue")
-    assert await _keys(redis, "ours", queue) == await _keys(redis, "theirs", queue)
+    await _assert_same_keys(redis, "ours", "theirs", queue)
     assert sorted(await redis.keys("*")) == sorted(
         [b"arq:job:ours", b"arq:job:theirs", queue.encode()]
     )
@@ -274,3 +283,77 @@ async def test_bulk_enqueue_with_redis_down_fails_fast_saying_what_is_known() ->
     async with App(dead, kill_switch=False) as app:
         with pytest.raises(RedisUnavailableError, match="0 job.s. of earlier batches"):
             await app.enqueue_many(record_args, range(10))
+
+
+def _in_use(app_redis: Any) -> int:
+    return len(app_redis.connection_pool._in_use_connections)
+
+
+async def test_a_stream_closed_early_wrote_what_it_yielded_and_gives_its_connection_back(
+    app: App, redis: aioredis.Redis
+) -> None:
+    seen = 0
+    async with contextlib.aclosing(
+        app.enqueue_stream(record_args, range(100), batch_size=10)
+    ) as stream:
+        async for batch in stream:
+            seen += len(batch)
+            break
+    assert seen == 10
+    # The next batch was being prepared, not sent, when the stream was closed.
+    assert await redis.zcard("arq:queue") == 10
+    assert _in_use(await app.redis()) == 0
+
+
+async def test_a_failing_source_keeps_the_batches_sent_before_it(
+    app: App, redis: aioredis.Redis
+) -> None:
+    def items() -> Any:
+        yield from range(25)
+        raise ValueError("the source broke")
+
+    with pytest.raises(ValueError, match="the source broke"):
+        await app.enqueue_many(record_args, items(), batch_size=10)
+    # Batch two (10-19) was in Redis's hands when the source failed: it is written whole.
+    assert await redis.zcard("arq:queue") == 20
+    assert len(await redis.keys("arq:job:*")) == 20
+    assert _in_use(await app.redis()) == 0
+
+
+async def test_cancelling_a_bulk_enqueue_leaves_only_whole_jobs(
+    app: App, redis: aioredis.Redis
+) -> None:
+    async def slow_items() -> AsyncIterator[int]:
+        for i in range(10_000):
+            if i % 100 == 0:
+                await asyncio.sleep(0.001)
+            yield i
+
+    task = asyncio.create_task(app.enqueue_many(record_args, slow_items(), batch_size=500))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    queued = await redis.zcard("arq:queue")
+    assert 0 < queued < 10_000
+    assert queued % 500 == 0  # whole batches only
+    assert len(await redis.keys("arq:job:*")) == queued
+    assert _in_use(await app.redis()) == 0
+    assert await app.enqueue(record_args, "after") is not None
+
+
+async def test_non_ascii_ids_and_queues_are_written_like_arqs(
+    app: App, redis_url: str, redis: aioredis.Redis
+) -> None:
+    arq = await create_pool(RedisSettings.from_dsn(redis_url), job_serializer=serialize)
+    try:
+        ours = await app.enqueue(record_args, "ü", _job_id="jöb-1", _queue_name="quéue")
+        theirs = await arq.enqueue_job("record_args", "ü", _job_id="jöb-2", _queue_name="quéue")
+    finally:
+        await arq.aclose()
+    assert ours is not None
+    assert theirs is not None
+    await _assert_same_keys(redis, "jöb-1", "jöb-2", "quéue")
+    info = await ours.info()
+    assert info is not None
+    assert list(info.args) == ["ü"]

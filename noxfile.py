@@ -41,6 +41,6 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """Start servers and a worker, enqueue jobs, watch them run."""
-    session.install("-e", ".")
-    session.run("python", "-m", "examples.demo")
+    """The provisioning service: servers, a worker and the web app, driven and narrated."""
+    session.install("-e", ".[examples]")
+    session.run("python", "-m", "examples.provisioning.demo", *session.posargs)

@@ -2,7 +2,7 @@
 
 ``EmbeddedServices`` starts throwaway Redis and PostgreSQL; ``WorkerProcess``
 runs ``arq asyncjobs.WorkerSettings`` as a real subprocess and waits until it
-is ready.
+is ready; ``ServiceProcess`` does the same for any command (a web app, say).
 """
 
 from __future__ import annotations
@@ -12,40 +12,43 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 from ._services import EmbeddedServices, free_port
 
-__all__ = ["EmbeddedServices", "WorkerProcess", "free_port"]
+__all__ = ["EmbeddedServices", "ServiceProcess", "WorkerProcess", "free_port"]
 
 
-class WorkerProcess:
-    """``arq asyncjobs.WorkerSettings`` in a subprocess; its output is collected in ``lines``.
+class ServiceProcess:
+    """A command run as a subprocess, its output (stdout and stderr) collected in ``lines``.
 
-    ``env`` is added to the current environment (``ASYNCJOBS_REDIS_URL``,
-    ``ASYNCJOBS_IMPORTS`` ...). Use as a context manager, or call
-    :meth:`start` and :meth:`stop`.
+    ``env`` is added to the current environment. ``ready`` is the text whose
+    appearance in the output means the service is up; :meth:`start` waits for
+    it. Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
     def __init__(
         self,
+        argv: Sequence[str],
         env: Mapping[str, str],
         *,
-        settings: str = "asyncjobs.WorkerSettings",
+        ready: str | None = None,
         cwd: str | Path | None = None,
     ) -> None:
-        self.env = {**os.environ, "ASYNCJOBS_LOG_FORMAT": "json", **env}
-        self.settings = settings
+        self.argv = list(argv)
+        self.env = {**os.environ, **env}
+        self.ready = ready
         self.cwd = cwd
         self.lines: list[str] = []
         self.process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
 
-    def start(self, *, wait_ready: float = 30.0) -> WorkerProcess:
-        """Start the worker; with ``wait_ready``, wait for its ``worker.started`` event."""
+    def start(self, *, wait_ready: float = 30.0) -> Self:
+        """Start the command; with ``wait_ready`` and a ``ready`` text, wait for it."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "arq", self.settings],
+            self.argv,
             env=self.env,
             cwd=self.cwd,
             stdout=subprocess.PIPE,
@@ -55,8 +58,8 @@ class WorkerProcess:
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        if wait_ready:
-            self.wait_for("worker.started", timeout=wait_ready)
+        if wait_ready and self.ready:
+            self.wait_for(self.ready, timeout=wait_ready)
         return self
 
     def _read(self) -> None:
@@ -67,7 +70,7 @@ class WorkerProcess:
 
     @property
     def output(self) -> str:
-        """Everything the worker printed so far."""
+        """Everything the process printed so far."""
         return "\n".join(self.lines)
 
     def wait_for(self, text: str, *, timeout: float = 30.0, count: int = 1) -> None:
@@ -80,18 +83,19 @@ class WorkerProcess:
                 time.sleep(0.1)  # let the reader drain what is left
                 if sum(text in line for line in list(self.lines)) >= count:
                     return
+                code = self.process.returncode
                 raise RuntimeError(
-                    f"worker exited ({self.process.returncode}) before {text!r}:\n{self.output}"
+                    f"{self.argv[-1]} exited ({code}) before {text!r}:\n{self.output}"
                 )
             time.sleep(0.02)
         raise TimeoutError(f"{text!r} did not appear {count}x within {timeout}s:\n{self.output}")
 
     def alive(self) -> bool:
-        """Whether the worker process is still running."""
+        """Whether the process is still running."""
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM the worker and wait; SIGKILL it if it does not stop in ``timeout``."""
+        """SIGTERM the process and wait; SIGKILL it if it does not stop in ``timeout``."""
         if self.process is None:
             return None
         if self.process.poll() is None:
@@ -107,8 +111,31 @@ class WorkerProcess:
             self.process.stdout.close()
         return self.process.returncode
 
-    def __enter__(self) -> WorkerProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class WorkerProcess(ServiceProcess):
+    """``arq asyncjobs.WorkerSettings`` in a subprocess, logging JSON; ready at ``worker.started``.
+
+    ``env`` is added to the current environment (``ASYNCJOBS_REDIS_URL``,
+    ``ASYNCJOBS_IMPORTS`` ...); ``settings`` is the settings class arq is given.
+    """
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        settings: str = "asyncjobs.WorkerSettings",
+        cwd: str | Path | None = None,
+    ) -> None:
+        super().__init__(
+            [sys.executable, "-m", "arq", settings],
+            {"ASYNCJOBS_LOG_FORMAT": "json", **env},
+            ready="worker.started",
+            cwd=cwd,
+        )
+        self.settings = settings

@@ -1,1 +1,1 @@
-"""Examples of asyncjobs in use; `nox -s demo` runs examples/demo.py."""
+"""Examples of asyncjobs in use: `examples/provisioning`, which `nox -s demo` runs and narrates."""

@@ -39,7 +39,7 @@ async def create_database(ctx: dict[str, Any], database_id: int) -> None:
 
 
 @asyncjobs.reconciler(job=create_database, every=EVERY)
-async def pending_databases(ctx: dict[str, Any]) -> str:
+async def pending_rows(ctx: dict[str, Any]) -> str:
     if "redis" in ctx:  # in a worker: record which period this run belongs to
         await ctx["redis"].rpush("reconciler_runs", ctx["job_id"])
     return "SELECT id FROM databases WHERE state = 'pending' ORDER BY id"

@@ -20,9 +20,9 @@ from asyncjobs import App, JobDefinitionError, Settings, stable_job_id
 from asyncjobs.reconcilers import schedule_from_every
 from asyncjobs.testing import WorkerProcess
 from tests.conftest import ROOT, cli
-from tests.recjobs import SCHEMA, create_database, pending_databases
+from tests.recjobs import SCHEMA, create_database, pending_rows
 
-REC = pending_databases.__asyncjobs_reconciler__  # type: ignore[attr-defined]
+REC = pending_rows.__asyncjobs_reconciler__  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -118,17 +118,17 @@ async def test_cli_lists_and_runs_a_reconciler(
     env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.recjobs"}
     listing = cli("reconcile", "--list", env=env)
     assert listing.returncode == 0, listing.stderr
-    line = next(x for x in listing.stdout.splitlines() if x.startswith("pending_databases"))
+    line = next(x for x in listing.stdout.splitlines() if x.startswith("pending_rows"))
     assert "create_database" in line
     assert "every 0:00:02" in line
     assert "running" in line
-    run = cli("reconcile", "pending_databases", env=env)
+    run = cli("reconcile", "pending_rows", env=env)
     assert run.returncode == 0, run.stderr
     assert "7 pending row(s) scanned, 7 job(s) enqueued, 0 already queued" in run.stdout
     assert await redis.zcard("arq:queue") == 7
     typo = cli("reconcile", "pending_database", env=env)
     assert typo.returncode == 1
-    assert "Did you mean 'pending_databases'" in typo.stderr
+    assert "Did you mean 'pending_rows'" in typo.stderr
 
 
 async def _wait_all_ready(pool: asyncpg.Pool, total: int, wait: float) -> float:
@@ -237,7 +237,7 @@ async def test_three_workers_run_the_reconciler_once_per_period_and_its_flag_sto
             w.start()
         await asyncio.sleep(6)
         runs = [r.decode() for r in await redis.lrange("reconciler_runs", 0, -1)]
-        await provisioning.flags.enable("disable_pending_databases")
+        await provisioning.flags.enable("disable_pending_rows")
         await asyncio.sleep(2.5)  # the workers' flag caches refresh within ASYNCJOBS_FLAG_TTL
         stopped_at = await redis.llen("reconciler_runs")
         await asyncio.sleep(3)

@@ -1,1 +1,0 @@
-"""The smallest useful asyncjobs app: two jobs, enqueued from async code."""

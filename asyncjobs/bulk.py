@@ -30,7 +30,15 @@ import structlog
 from arq.jobs import Job
 
 from . import logs
-from .enqueue import NOT_UNIQUE, WRITTEN, Prepared, prepare, send_prepared, split_options
+from .enqueue import (
+    NOT_UNIQUE,
+    WRITTEN,
+    Prepared,
+    SentWrite,
+    prepare,
+    send_prepared,
+    split_options,
+)
 from .exceptions import EnqueueError, InvalidOptionError
 from .middleware import EnqueueRequest, compose
 from .serializer import deserialize
@@ -214,9 +222,9 @@ async def enqueue_stream(
 
 
 class _InFlight:
-    """A batch whose write is sent; its reply is read in a task while the next batch is made."""
+    """A batch whose write is sent; its reply is read once the next batch is prepared."""
 
-    __slots__ = ("batch", "redis", "reply", "results", "spec")
+    __slots__ = ("batch", "redis", "results", "sent", "spec")
 
     def __init__(
         self,
@@ -224,46 +232,48 @@ class _InFlight:
         spec: JobSpec,
         batch: list[Prepared],
         results: list[Any],
-        reply: asyncio.Future[list[int]] | None,
+        sent: SentWrite | None,
     ) -> None:
         self.redis = redis
         self.spec = spec
         self.batch = batch
         self.results = results
-        self.reply = reply
+        self.sent = sent
 
     @classmethod
     async def send(
         cls, app: App, spec: JobSpec, batch: list[Prepared], results: list[Any], done: int
     ) -> _InFlight:
-        reply = None
+        sent = None
         if batch:  # else every job of the batch was rejected by middleware
             what = (
                 f"the batch of {len(batch)} job(s) may not have been (each job is written whole "
                 f"or not at all; {done} job(s) of earlier batches were enqueued, and a job's "
                 "_job_id makes a retry safe)"
             )
-            reply = asyncio.ensure_future(await send_prepared(app, batch, what))
-        return cls(await app.redis(), spec, batch, results, reply)
+            sent = await send_prepared(app, batch, what)
+        return cls(await app.redis(), spec, batch, results, sent)
 
     async def abandon(self, *, cancel: bool) -> None:
         """The stream failed (or, ``cancel``, is cancelled or closed) with this batch sent.
 
-        The batch is in Redis's hands either way; its reply is awaited (so the
+        The batch is in Redis's hands either way; its reply is read (so the
         connection is kept) unless cancelling, and its own error, if any, gives
         way to the one already raised.
         """
-        if self.reply is None:
+        sent, self.sent = self.sent, None
+        if sent is None:
             return
         if cancel:
-            self.reply.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self.reply
+            await sent.discard()
+            return
+        with contextlib.suppress(Exception):
+            await sent.read()
 
     async def finish(self, stats: BulkStats | None) -> list[Job | None]:
         """The batch's results in input order, once Redis has answered."""
-        written = await self.reply if self.reply is not None else []
-        self.reply = None
+        sent, self.sent = self.sent, None
+        written = await sent.read() if sent is not None else []
         batch = self.batch
         redis = self.redis
         out: list[Job | None] = []

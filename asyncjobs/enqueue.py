@@ -22,7 +22,6 @@ import asyncio
 import difflib
 import json
 import random
-from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -47,6 +46,9 @@ from .serializer import compact_encoder, deserialize
 from .uniqueness import unique_key
 
 if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+    from redis.commands.core import AsyncScript
+
     from .app import App
     from .jobs import JobSpec
     from .middleware import EnqueueRequest
@@ -356,23 +358,64 @@ def pack_enqueue(sha: str, jobs: list[Prepared]) -> bytes:
     return b"".join((head, *keys, *argv))
 
 
-async def send_prepared(app: App, jobs: list[Prepared], what: str) -> Awaitable[list[int]]:
-    """Send the write of ``jobs`` (one EVALSHA); returns the awaitable of its reply.
+class SentWrite:
+    """An enqueue's EVALSHA, sent on a pooled connection; :meth:`read` its reply once.
 
-    The reply is per job WRITTEN, DUPLICATE_ID or NOT_UNIQUE (a batch holds one
-    job's calls, so either all are unique or none is). Sending and reading are
-    separate so that a bulk enqueue prepares its next batch while Redis runs
-    this one; the reply must be awaited (it gives the connection back). Both
-    steps together are bounded by ``settings.redis_timeout``; an unreachable
-    Redis raises :class:`RedisUnavailableError` saying that ``what`` enqueued.
+    Sending and reading are separate so that a bulk enqueue prepares its next
+    batch while Redis runs this one. The connection is given back by
+    :meth:`read` or, when the reply will not be read, by :meth:`discard`.
+    """
+
+    __slots__ = ("app", "command", "conn", "redis", "script", "what")
+
+    def __init__(
+        self, app: App, redis: ArqRedis, conn: Any, command: bytes, script: AsyncScript, what: str
+    ) -> None:
+        self.app, self.redis, self.conn = app, redis, conn
+        self.command, self.script, self.what = command, script, what
+
+    async def read(self) -> list[int]:
+        """Per job WRITTEN, DUPLICATE_ID or NOT_UNIQUE; waits at most ``redis_timeout``.
+
+        Loads the script and sends the command again if Redis answers NOSCRIPT.
+        """
+        conn, pool = self.conn, self.redis.connection_pool
+        try:
+            async with asyncio.timeout(self.app.settings.redis_timeout):
+                try:
+                    try:
+                        return await conn.read_response()  # type: ignore[no-any-return]
+                    except NoScriptError:
+                        pass
+                    await self.redis.script_load(self.script.script)
+                    await conn.send_packed_command(self.command)
+                    return await conn.read_response()  # type: ignore[no-any-return]
+                finally:
+                    # redis-py has disconnected the connection if sending or reading failed.
+                    await pool.release(conn)
+        except _UNAVAILABLE as exc:
+            raise _unavailable(self.app, self.what, exc) from exc
+
+    async def discard(self) -> None:
+        """Give the connection back without reading the reply (it is closed: the
+        reply would be read by the connection's next user)."""
+        await self.conn.disconnect(nowait=True)
+        await self.redis.connection_pool.release(self.conn)
+
+
+async def send_prepared(app: App, jobs: list[Prepared], what: str) -> SentWrite:
+    """Send the write of ``jobs`` (one EVALSHA); read the reply with :meth:`SentWrite.read`.
+
+    A batch holds one job's calls, so either all are unique or none is. An
+    unreachable Redis raises :class:`RedisUnavailableError` within
+    ``settings.redis_timeout``, saying that ``what`` enqueued.
     """
     script = await app.enqueue_script(unique=jobs[0].unique_key is not None)
     command = pack_enqueue(script.sha, jobs)
     redis = await app.redis()
     pool = redis.connection_pool
-    deadline = asyncio.get_running_loop().time() + app.settings.redis_timeout
     try:
-        async with asyncio.timeout_at(deadline):
+        async with asyncio.timeout(app.settings.redis_timeout):
             conn = await pool.get_connection()
             try:
                 await conn.send_packed_command(command)
@@ -381,25 +424,7 @@ async def send_prepared(app: App, jobs: list[Prepared], what: str) -> Awaitable[
                 raise
     except _UNAVAILABLE as exc:
         raise _unavailable(app, what, exc) from exc
-
-    async def reply() -> list[int]:
-        try:
-            async with asyncio.timeout_at(deadline):
-                try:
-                    try:
-                        return await conn.read_response()  # type: ignore[no-any-return]
-                    except NoScriptError:
-                        pass
-                    await redis.script_load(script.script)
-                    await conn.send_packed_command(command)
-                    return await conn.read_response()  # type: ignore[no-any-return]
-                finally:
-                    # redis-py has disconnected the connection if sending or reading failed.
-                    await pool.release(conn)
-        except _UNAVAILABLE as exc:
-            raise _unavailable(app, what, exc) from exc
-
-    return reply()
+    return SentWrite(app, redis, conn, command, script, what)
 
 
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
@@ -414,8 +439,8 @@ def _unavailable(app: App, what: str, exc: BaseException) -> RedisUnavailableErr
 
 
 async def write_prepared(app: App, jobs: list[Prepared], what: str) -> list[int]:
-    """Write ``jobs`` in one round trip (see :func:`send_prepared`) and wait for the reply."""
-    return await (await send_prepared(app, jobs, what))
+    """Write ``jobs`` in one round trip and wait for the reply (see :func:`send_prepared`)."""
+    return await (await send_prepared(app, jobs, what)).read()
 
 
 async def write_job(request: EnqueueRequest) -> Job | None:

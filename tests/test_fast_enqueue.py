@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -357,3 +358,19 @@ async def test_non_ascii_ids_and_queues_are_written_like_arqs(
     info = await ours.info()
     assert info is not None
     assert list(info.args) == ["ü"]
+
+
+async def test_a_slow_source_between_batches_is_not_mistaken_for_a_slow_redis(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    def items() -> Any:
+        for i in range(30):
+            if i and i % 10 == 0:
+                time.sleep(0.5)  # longer than the Redis timeout, and blocking the loop
+            yield i
+
+    quick = dataclasses.replace(settings, redis_timeout=0.3)
+    async with App(quick) as app:
+        jobs = await app.enqueue_many(record_args, items(), batch_size=10)
+    assert all(jobs)
+    assert await redis.zcard("arq:queue") == 30

@@ -26,7 +26,9 @@ class ServiceProcess:
 
     ``env`` is added to the current environment. ``ready`` is the text whose
     appearance in the output means the service is up; :meth:`start` waits for
-    it. Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    it. ``new_session=True`` keeps a Ctrl-C at the terminal from reaching the
+    process, so whoever started it stops it, in order. Use as a context
+    manager, or call :meth:`start` and :meth:`stop`.
     """
 
     def __init__(
@@ -36,8 +38,10 @@ class ServiceProcess:
         *,
         ready: str | None = None,
         cwd: str | Path | None = None,
+        new_session: bool = False,
     ) -> None:
         self.argv = list(argv)
+        self.new_session = new_session
         self.env = {**os.environ, **env}
         self.ready = ready
         self.cwd = cwd
@@ -55,6 +59,7 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            start_new_session=self.new_session,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -131,11 +136,13 @@ class WorkerProcess(ServiceProcess):
         *,
         settings: str = "asyncjobs.WorkerSettings",
         cwd: str | Path | None = None,
+        new_session: bool = False,
     ) -> None:
         super().__init__(
             [sys.executable, "-m", "arq", settings],
             {"ASYNCJOBS_LOG_FORMAT": "json", **env},
             ready="worker.started",
             cwd=cwd,
+            new_session=new_session,
         )
         self.settings = settings

@@ -8,6 +8,7 @@ cannot rot: handler → enqueue → worker → row ready, and the operator's too
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -75,7 +76,7 @@ async def test_bad_requests_get_a_clear_400_and_write_nothing(
     for path, body, message in cases:
         response = await client.post(path, content=body)
         assert response.status_code == 400, response.text
-        assert message.split(".*")[0] in response.json()["error"]
+        assert re.search(message, response.json()["error"]), response.text
     assert (await client.get("/databases/12345")).status_code == 404
     assert (await _stats(client))["created"] == 0
 

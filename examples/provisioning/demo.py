@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -415,8 +416,9 @@ def running_system() -> Iterator[Demo]:
             ],
             env,
             cwd=ROOT,
+            new_session=True,  # Ctrl-C reaches the demo only, which stops everything in order
         )
-        with WorkerProcess(env, cwd=ROOT) as worker, web:
+        with WorkerProcess(env, cwd=ROOT, new_session=True) as worker, web:
             say(f"worker   arq asyncjobs.WorkerSettings (pid {worker.process.pid})")  # type: ignore[union-attr]
             base_url = f"http://127.0.0.1:{port}"
             _wait_http(base_url + "/health", web)
@@ -444,6 +446,8 @@ def _wait_http(url: str, process: ServiceProcess, timeout: float = 30.0) -> None
 
 
 def main() -> int:
+    # A `kill` stops the demo like Ctrl-C does: everything it started is stopped first.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     asyncjobs.configure_logging("console", "warning")  # the demo narrates; events go to the log
     print(f"{BOLD}asyncjobs demo: a provisioning service{RESET}")
     say("A web API that creates databases, a worker that provisions them, and an operator.")

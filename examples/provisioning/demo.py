@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def say(text: str, *, dim: bool = False) -> None:
 
 
 def shown(command: list[str], output: str) -> None:
-    print(f"   $ {' '.join(command)}", flush=True)
+    print(f"   $ {shlex.join(command)}", flush=True)
     for line in output.rstrip().splitlines():
         if line.strip():
             print(f"     {line}", flush=True)

@@ -56,6 +56,7 @@ async def stats(pool: Any) -> dict[str, int]:
                count(*) FILTER (WHERE state = 'deleting') AS deleting,
                count(*) FILTER (WHERE state = 'deleted') AS deleted,
                count(*) FILTER (WHERE notified_at IS NOT NULL) AS notified,
+               count(*) FILTER (WHERE state = 'ready' AND notified_at IS NULL) AS unnotified,
                count(*) FILTER (WHERE notify_error IS NOT NULL) AS notify_failed,
                coalesce(sum(create_attempts), 0) AS create_attempts,
                (SELECT count(*) FROM provisioned) AS provisioned,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -171,3 +173,25 @@ async def _no_dead(app: App) -> bool:
 
 async def _dead(app: App, count: int) -> bool:
     return len(await app.dead.list()) >= count
+
+
+@pytest.mark.slow
+def test_the_narrated_demo_runs_green() -> None:
+    """`nox -s demo`'s program, whole: its own servers, worker and web app; exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.provisioning.demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for step in (
+        "$ asyncjobs jobs disable create_database_job",
+        "10 enqueues refused",
+        "FLUSHALL:",
+        "$ asyncjobs dead retry",
+        "Every row reached its final state",
+    ):
+        assert step in done.stdout

@@ -30,11 +30,12 @@ from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import Job
 from arq.utils import timestamp_ms, to_unix_ms
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import logs
 from .exceptions import (
+    EnqueueError,
     InvalidOptionError,
     JobArgumentsError,
     JobSerializationError,
@@ -210,12 +211,32 @@ def _serialization_message(
     )
 
 
-ENQUEUE_LUA = """
+def _queue_type_check(stride: int) -> str:
+    """Lua: fail before any write if a job's queue key holds something other than a
+    sorted set (a later ZADD would fail after its job key was written)."""
+    return f"""
+for i = 3, #KEYS, {stride} do
+  if KEYS[i] ~= KEYS[i - {stride}] then
+    local t = redis.call('TYPE', KEYS[i])['ok']
+    if t ~= 'zset' and t ~= 'none' then
+      return redis.error_reply(
+        'WRONGTYPE the queue ' .. KEYS[i] .. ' is a ' .. t .. ', not a sorted set')
+    end
+  end
+end
+"""
+
+
+ENQUEUE_LUA = (
+    """
 -- KEYS: per job, its job key, result key and queue. ARGV: per job, the expiry
 -- (ms), score, payload and id. A job is written whole (key and queue entry) or,
 -- while a job or result with its id exists (arq's rule), not at all. Per job the
--- reply is 1 (written) or 0 (duplicate id).
-local out = {}
+-- reply is 1 (written) or 0 (duplicate id). A queue key that is not a sorted
+-- set fails the call before anything is written.
+"""
+    + _queue_type_check(3)
+    + """local out = {}
 for i = 0, #KEYS / 3 - 1 do
   local k, a = i * 3, i * 4
   if redis.call('EXISTS', KEYS[k + 1], KEYS[k + 2]) == 0 then
@@ -228,12 +249,16 @@ for i = 0, #KEYS / 3 - 1 do
 end
 return out
 """
+)
 
-ENQUEUE_UNIQUE_LUA = """
+ENQUEUE_UNIQUE_LUA = (
+    """
 -- As ENQUEUE_LUA, with a fourth key per job, its uniqueness lock, and a fifth
 -- argument, the lock's TTL in ms: a job whose lock is held is not written and
 -- its reply is 2. The lock is taken in the same call as the write.
-local out = {}
+"""
+    + _queue_type_check(4)
+    + """local out = {}
 for i = 0, #KEYS / 4 - 1 do
   local k, a = i * 4, i * 5
   if redis.call('EXISTS', KEYS[k + 1], KEYS[k + 2]) ~= 0 then
@@ -248,6 +273,7 @@ for i = 0, #KEYS / 4 - 1 do
 end
 return out
 """
+)
 
 WRITTEN, DUPLICATE_ID, NOT_UNIQUE = 1, 0, 2
 
@@ -395,6 +421,8 @@ class SentWrite:
                     await pool.release(conn)
         except _UNAVAILABLE as exc:
             raise _unavailable(self.app, self.what, exc) from exc
+        except ResponseError as exc:  # the script checks first, so nothing was written
+            raise EnqueueError(f"Redis refused the write ({exc}); {self.what} enqueued") from exc
 
     async def discard(self) -> None:
         """Give the connection back without reading the reply (it is closed: the

@@ -374,3 +374,20 @@ async def test_a_slow_source_between_batches_is_not_mistaken_for_a_slow_redis(
         jobs = await app.enqueue_many(record_args, items(), batch_size=10)
     assert all(jobs)
     assert await redis.zcard("arq:queue") == 30
+
+
+async def test_a_queue_key_of_another_type_fails_the_call_before_anything_is_written(
+    app: App, redis: aioredis.Redis
+) -> None:
+    await redis.rpush("arq:queue", "not a sorted set")
+    with pytest.raises(EnqueueError, match="WRONGTYPE the queue arq:queue is a list"):
+        await app.enqueue(record_args, 1)
+    with pytest.raises(EnqueueError, match="WRONGTYPE"):
+        await app.enqueue_many(record_args, range(10))
+    # The first job of the batch is for a good queue: it is not written either.
+    with pytest.raises(EnqueueError, match="WRONGTYPE"):
+        await app.enqueue_many(record_args, [Args(1, _queue_name="good"), Args(2)])
+    assert await redis.keys("arq:job:*") == []
+    assert not await redis.exists("good")
+    await redis.delete("arq:queue")
+    assert await app.enqueue(record_args, 1) is not None  # the connection is fine

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -71,4 +72,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    # A `kill` stops the run like Ctrl-C: the servers it started are stopped first.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(main(sys.argv[1:]))

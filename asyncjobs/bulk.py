@@ -215,7 +215,7 @@ async def enqueue_stream(
     except BaseException as exc:
         if in_flight is not None:
             stop = isinstance(exc, asyncio.CancelledError | GeneratorExit)
-            await in_flight.abandon(cancel=stop)
+            await in_flight.abandon(stats, cancel=stop)
         raise
     finally:
         _collector.reset(token)
@@ -254,21 +254,21 @@ class _InFlight:
             sent = await send_prepared(app, batch, what)
         return cls(await app.redis(), spec, batch, results, sent)
 
-    async def abandon(self, *, cancel: bool) -> None:
+    async def abandon(self, stats: BulkStats | None, *, cancel: bool) -> None:
         """The stream failed (or, ``cancel``, is cancelled or closed) with this batch sent.
 
-        The batch is in Redis's hands either way; its reply is read (so the
-        connection is kept) unless cancelling, and its own error, if any, gives
-        way to the one already raised.
+        The batch is in Redis's hands either way. Unless cancelling, its reply
+        is read (so the connection is kept and ``stats`` count it); its own
+        error, if any, gives way to the one already raised.
         """
-        sent, self.sent = self.sent, None
-        if sent is None:
+        if self.sent is None:
             return
         if cancel:
+            sent, self.sent = self.sent, None
             await sent.discard()
             return
         with contextlib.suppress(Exception):
-            await sent.read()
+            await self.finish(stats)
 
     async def finish(self, stats: BulkStats | None) -> list[Job | None]:
         """The batch's results in input order, once Redis has answered."""

@@ -19,6 +19,7 @@ from arq.worker import Worker, func
 from asyncjobs import (
     App,
     Args,
+    BulkStats,
     EnqueueError,
     EnqueueRequest,
     JobArgumentsError,
@@ -313,10 +314,14 @@ async def test_a_failing_source_keeps_the_batches_sent_before_it(
         yield from range(25)
         raise ValueError("the source broke")
 
+    stats = BulkStats()
     with pytest.raises(ValueError, match="the source broke"):
-        await app.enqueue_many(record_args, items(), batch_size=10)
-    # Batch two (10-19) was in Redis's hands when the source failed: it is written whole.
+        async for _ in app.enqueue_stream(record_args, items(), batch_size=10, stats=stats):
+            pass
+    # Batch two (10-19) was in Redis's hands when the source failed: it is written whole,
+    # and counted.
     assert await redis.zcard("arq:queue") == 20
+    assert stats.written == 20
     assert len(await redis.keys("arq:job:*")) == 20
     assert _in_use(await app.redis()) == 0
 

@@ -361,6 +361,8 @@ def pack_enqueue(sha: str, jobs: list[Prepared]) -> bytes:
         size = len(job_id)
         queue = _queue_resp.get(job.queue)
         if queue is None:
+            if len(_queue_resp) >= 1000:  # queue names made per tenant, say: stay bounded
+                _queue_resp.clear()
             queue = _queue_resp[job.queue] = _bulk_string(job.queue.encode())
         expires = b"%d" % job.expires_ms
         score = b"%d" % job.score
@@ -410,12 +412,14 @@ class SentWrite:
             async with asyncio.timeout(self.app.settings.redis_timeout):
                 try:
                     try:
-                        return await conn.read_response()  # type: ignore[no-any-return]
+                        codes: list[int] = await conn.read_response()
+                        return codes
                     except NoScriptError:
                         pass
                     await self.redis.script_load(self.script.script)
                     await conn.send_packed_command(self.command)
-                    return await conn.read_response()  # type: ignore[no-any-return]
+                    codes = await conn.read_response()
+                    return codes
                 finally:
                     # redis-py has disconnected the connection if sending or reading failed.
                     await pool.release(conn)

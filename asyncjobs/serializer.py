@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection
+
+# typeshed leaves out the C accelerator's names, which the json module does export.
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
@@ -57,8 +59,10 @@ def compact_encoder(
 
     def encode(value: Any) -> str:
         nonlocal encoder
+        if encoder is None:
+            return plain(value)
         try:
-            return "".join(encoder(value, 0))  # type: ignore[misc]
+            return "".join(encoder(value, 0))
         except BaseException:
             encoder = make()
             raise

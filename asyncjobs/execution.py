@@ -141,6 +141,8 @@ def executor(spec: JobSpec, app: App, *, dead_letters: bool = True) -> WorkerCor
             await _count_lock_wait(ctx, str(about["job_id"]))
             raise Retry(defer=spec.lock_retry * random.uniform(0.5, 1.5)) from None
         except Retry as exc:  # the job asked to be retried
+            if exclusive:  # waits for a lock are not tries
+                job_try -= await _lock_waits(ctx, str(about["job_id"]))
             if job_try >= spec.max_tries:
                 await dead(ctx, about, args, kwargs, exc)
                 raise

@@ -7,6 +7,8 @@ import os
 import time
 from typing import Any
 
+from arq.worker import Retry
+
 import asyncjobs
 
 
@@ -34,3 +36,11 @@ async def hold(ctx: dict[str, Any], account_id: int, seconds: float) -> None:
 @asyncjobs.job(lock=lambda account_id: f"acct:{account_id}", on_locked="drop")
 async def optional_refresh(ctx: dict[str, Any], account_id: int) -> None:
     await ctx["redis"].rpush("refreshed", account_id)
+
+
+@asyncjobs.job(lock=lambda account_id: f"acct:{account_id}", lock_retry=0.05, max_tries=2)
+async def settle(ctx: dict[str, Any], account_id: int) -> None:
+    """Asks for one retry itself (arq's Retry), then records that it settled."""
+    if await ctx["redis"].incr(f"settle_runs:{account_id}") == 1:
+        raise Retry(defer=0.05)
+    await ctx["redis"].rpush("settled", account_id)

@@ -18,7 +18,7 @@ from asyncjobs import App, JobDefinitionError, Settings
 from asyncjobs.testing import WorkerProcess
 from asyncjobs.uniqueness import advisory_key
 from tests.conftest import ROOT
-from tests.lockjobs import hold, optional_refresh, post_entry
+from tests.lockjobs import hold, optional_refresh, post_entry, settle
 
 
 def test_advisory_keys_are_stable_signed_64_bit_integers() -> None:
@@ -129,3 +129,21 @@ async def test_on_locked_drop_drops_the_job_and_says_so(
     (event,) = [json.loads(x) for x in worker.lines if '"job.locked"' in x]
     assert (event["job"], event["action"], event["lock"]) == ("optional_refresh", "drop", "acct:7")
     assert await redis.lrange("refreshed", 0, -1) == [b"7"]
+
+
+async def test_lock_waits_do_not_count_against_a_retry_the_job_asks_for(
+    ledger: App, worker_env: dict[str, str], redis: aioredis.Redis
+) -> None:
+    env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.lockjobs"}
+    with WorkerProcess(env, cwd=ROOT) as worker:
+        await ledger.enqueue(hold, 3, 1.0)
+        while not await redis.llen("held"):
+            await asyncio.sleep(0.02)
+        await ledger.enqueue(settle, 3)  # max_tries=2; waits about 20 times for the lock
+        deadline = time.monotonic() + 20
+        while not await redis.llen("settled"):
+            assert time.monotonic() < deadline, worker.output
+            await asyncio.sleep(0.05)
+    assert sum('"job.locked"' in x for x in worker.lines) >= 2
+    assert not any('"job.dead"' in x for x in worker.lines)
+    assert await redis.get("settle_runs:3") == b"2"  # the retry it asked for, then success

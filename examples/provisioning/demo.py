@@ -161,7 +161,7 @@ class Demo:
             await asyncio.sleep(0.2)
 
     async def queued(self) -> int:
-        client = aioredis.from_url(self.env["ASYNCJOBS_REDIS_URL"])
+        client = aioredis.Redis.from_url(self.env["ASYNCJOBS_REDIS_URL"])
         try:
             return int(await client.zcard("arq:queue"))
         finally:
@@ -259,7 +259,7 @@ async def redis_wiped(demo: Demo, http: httpx.AsyncClient) -> None:
     ).json()
     say(f"the API answered {json.dumps(answer)}")
     await asyncio.sleep(1.0)
-    client = aioredis.from_url(demo.env["ASYNCJOBS_REDIS_URL"])
+    client = aioredis.Redis.from_url(demo.env["ASYNCJOBS_REDIS_URL"])
     try:
         lost = int(await client.zcard("arq:queue"))
         await client.flushall()

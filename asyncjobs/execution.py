@@ -141,8 +141,7 @@ def executor(spec: JobSpec, app: App, *, dead_letters: bool = True) -> WorkerCor
             await _count_lock_wait(ctx, str(about["job_id"]))
             raise Retry(defer=spec.lock_retry * random.uniform(0.5, 1.5)) from None
         except Retry as exc:  # the job asked to be retried
-            if exclusive:  # waits for a lock are not tries
-                job_try -= await _lock_waits(ctx, str(about["job_id"]))
+            job_try = about["job_try"] = await _tries(ctx, about, exclusive)
             if job_try >= spec.max_tries:
                 await dead(ctx, about, args, kwargs, exc)
                 raise
@@ -157,8 +156,7 @@ def executor(spec: JobSpec, app: App, *, dead_letters: bool = True) -> WorkerCor
         except Exception as exc:
             error = exc if not isinstance(exc, TimeoutError) else JobTimeout(timeout)
             text = f"{type(error).__name__}: {error}"
-            if exclusive:  # waits for a lock are not tries
-                job_try -= await _lock_waits(ctx, str(about["job_id"]))
+            job_try = about["job_try"] = await _tries(ctx, about, exclusive)
             retry = (
                 job_try < spec.max_tries
                 and isinstance(error, spec.retry_on)
@@ -226,11 +224,14 @@ async def _count_lock_wait(ctx: dict[str, Any], job_id: str) -> None:
         await redis.expire(key, 7 * 86400)
 
 
-async def _lock_waits(ctx: dict[str, Any], job_id: str) -> int:
+async def _tries(ctx: dict[str, Any], about: dict[str, Any], exclusive: bool) -> int:
+    """The job's tries so far: arq's count less, for an exclusive job, its waits for the lock
+    (which are not tries). Logged and recorded in place of arq's count once it failed."""
+    job_try = int(about["job_try"])
     redis = ctx.get("redis")
-    if redis is None:
-        return 0
-    return int(await redis.get(LOCK_WAITS_PREFIX + job_id) or 0)
+    if not exclusive or redis is None:
+        return job_try
+    return job_try - int(await redis.get(LOCK_WAITS_PREFIX + str(about["job_id"])) or 0)
 
 
 async def _first_failure(ctx: dict[str, Any], job_id: str, *, pop: bool) -> datetime | None:

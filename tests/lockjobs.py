@@ -44,3 +44,8 @@ async def settle(ctx: dict[str, Any], account_id: int) -> None:
     if await ctx["redis"].incr(f"settle_runs:{account_id}") == 1:
         raise Retry(defer=0.05)
     await ctx["redis"].rpush("settled", account_id)
+
+
+@asyncjobs.job(lock=lambda account_id: f"acct:{account_id}", lock_retry=0.05, max_tries=1)
+async def refund(ctx: dict[str, Any], account_id: int) -> None:
+    raise ValueError("the card is closed")

@@ -18,7 +18,7 @@ from asyncjobs import App, JobDefinitionError, Settings
 from asyncjobs.testing import WorkerProcess
 from asyncjobs.uniqueness import advisory_key
 from tests.conftest import ROOT
-from tests.lockjobs import hold, optional_refresh, post_entry, settle
+from tests.lockjobs import hold, optional_refresh, post_entry, refund, settle
 
 
 def test_advisory_keys_are_stable_signed_64_bit_integers() -> None:
@@ -147,3 +147,19 @@ async def test_lock_waits_do_not_count_against_a_retry_the_job_asks_for(
     assert sum('"job.locked"' in x for x in worker.lines) >= 2
     assert not any('"job.dead"' in x for x in worker.lines)
     assert await redis.get("settle_runs:3") == b"2"  # the retry it asked for, then success
+
+
+async def test_a_dead_letter_counts_tries_not_waits_for_the_lock(
+    ledger: App, worker_env: dict[str, str], redis: aioredis.Redis
+) -> None:
+    env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.lockjobs"}
+    with WorkerProcess(env, cwd=ROOT) as worker:
+        await ledger.enqueue(hold, 4, 0.5)
+        while not await redis.llen("held"):
+            await asyncio.sleep(0.02)
+        await ledger.enqueue(refund, 4)  # waits about 10 times, then fails for good
+        worker.wait_for('"job.dead"', timeout=20)
+    assert sum('"job.locked"' in x for x in worker.lines) >= 2
+    (letter,) = await ledger.dead.list()
+    assert (letter.job_name, letter.tries) == ("refund", 1)
+    assert "the card is closed" in letter.error

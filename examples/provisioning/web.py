@@ -42,6 +42,10 @@ class BadRequest(Exception):
     """The request's fault; answered with 400 and this message."""
 
 
+class NotFound(Exception):
+    """No such database; answered with 404 and this message."""
+
+
 @asynccontextmanager
 async def lifespan(web: Starlette) -> AsyncIterator[None]:
     """One asyncjobs App for the process (settings from ``ASYNCJOBS_*``), closed at shutdown."""
@@ -146,7 +150,7 @@ async def _row(request: Request) -> dict[str, Any]:
         raise BadRequest("the id must be a whole number") from None
     row = await request.app.state.db.fetchrow("SELECT * FROM databases WHERE id = $1", database_id)
     if row is None:
-        raise LookupError(f"no database {database_id}")
+        raise NotFound(f"no database {database_id}")
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
 
 
@@ -211,5 +215,5 @@ app = Starlette(
         Route("/health", health, methods=["GET"]),
     ],
     lifespan=lifespan,
-    exception_handlers={BadRequest: _bad_request, LookupError: _not_found},
+    exception_handlers={BadRequest: _bad_request, NotFound: _not_found},
 )

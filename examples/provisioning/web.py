@@ -119,7 +119,7 @@ async def create_databases(request: Request) -> JSONResponse:
     """Many at once: one INSERT, then ``enqueue_many`` (1,000 jobs per Redis round trip)."""
     body = await _body(request, "count", "prefix", "owner_email")
     count = body["count"]
-    if not isinstance(count, int) or not 1 <= count <= MAX_BULK:
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BULK:
         raise BadRequest(f"count must be a whole number from 1 to {MAX_BULK}, not {count!r}")
     prefix, email = _text(body, "prefix", _NAME), _text(body, "owner_email")
     ids = [

@@ -56,6 +56,13 @@ async def ledger(settings: Settings) -> AsyncIterator[App]:
 pytestmark = pytest.mark.slow
 
 
+async def _hold_lock(ledger: App, redis: aioredis.Redis, account_id: int, seconds: float) -> None:
+    """Enqueue ``hold`` on the account's lock and wait until a worker holds it."""
+    await ledger.enqueue(hold, account_id, seconds)
+    while not await redis.llen("held"):
+        await asyncio.sleep(0.02)
+
+
 async def test_two_workers_never_run_two_jobs_with_one_lock_at_once(
     ledger: App, worker_env: dict[str, str]
 ) -> None:
@@ -117,9 +124,7 @@ async def test_on_locked_drop_drops_the_job_and_says_so(
 ) -> None:
     env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.lockjobs"}
     with WorkerProcess(env, cwd=ROOT) as worker:
-        await ledger.enqueue(hold, 7, 1.0)
-        while not await redis.llen("held"):
-            await asyncio.sleep(0.02)
+        await _hold_lock(ledger, redis, 7, 1.0)
         await ledger.enqueue(optional_refresh, 7)
         worker.wait_for('"job.locked"')
         await asyncio.sleep(1.2)
@@ -136,9 +141,7 @@ async def test_lock_waits_do_not_count_against_a_retry_the_job_asks_for(
 ) -> None:
     env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.lockjobs"}
     with WorkerProcess(env, cwd=ROOT) as worker:
-        await ledger.enqueue(hold, 3, 1.0)
-        while not await redis.llen("held"):
-            await asyncio.sleep(0.02)
+        await _hold_lock(ledger, redis, 3, 1.0)
         await ledger.enqueue(settle, 3)  # max_tries=2; waits about 20 times for the lock
         deadline = time.monotonic() + 20
         while not await redis.llen("settled"):
@@ -154,9 +157,7 @@ async def test_a_dead_letter_counts_tries_not_waits_for_the_lock(
 ) -> None:
     env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.lockjobs"}
     with WorkerProcess(env, cwd=ROOT) as worker:
-        await ledger.enqueue(hold, 4, 0.5)
-        while not await redis.llen("held"):
-            await asyncio.sleep(0.02)
+        await _hold_lock(ledger, redis, 4, 0.5)
         await ledger.enqueue(refund, 4)  # waits about 10 times, then fails for good
         worker.wait_for('"job.dead"', timeout=20)
     assert sum('"job.locked"' in x for x in worker.lines) >= 2

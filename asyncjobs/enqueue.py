@@ -34,6 +34,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import logs
+from .claim import WAKE_PREFIX
 from .exceptions import (
     EnqueueError,
     InvalidOptionError,
@@ -227,6 +228,15 @@ end
 """
 
 
+_WAKE = f"""
+-- Wake an idle worker of each queue written to (see asyncjobs.claim); one token at most
+-- waits per queue. pcall: a key of the wrong type must not fail a call that has written.
+for queue in pairs(woken) do
+  redis.pcall('LPUSH', '{WAKE_PREFIX}' .. queue, '1')
+  redis.pcall('LTRIM', '{WAKE_PREFIX}' .. queue, 0, 0)
+end
+"""
+
 ENQUEUE_LUA = (
     """
 -- KEYS: per job, its job key, result key and queue. ARGV: per job, the expiry
@@ -236,18 +246,21 @@ ENQUEUE_LUA = (
 -- set fails the call before anything is written.
 """
     + _queue_type_check(3)
-    + """local out = {}
+    + """local out, woken = {}, {}
 for i = 0, #KEYS / 3 - 1 do
   local k, a = i * 3, i * 4
   if redis.call('EXISTS', KEYS[k + 1], KEYS[k + 2]) == 0 then
     redis.call('PSETEX', KEYS[k + 1], ARGV[a + 1], ARGV[a + 3])
     redis.call('ZADD', KEYS[k + 3], ARGV[a + 2], ARGV[a + 4])
+    woken[KEYS[k + 3]] = true
     out[i + 1] = 1
   else
     out[i + 1] = 0
   end
 end
-return out
+"""
+    + _WAKE
+    + """return out
 """
 )
 
@@ -258,7 +271,7 @@ ENQUEUE_UNIQUE_LUA = (
 -- its reply is 2. The lock is taken in the same call as the write.
 """
     + _queue_type_check(4)
-    + """local out = {}
+    + """local out, woken = {}, {}
 for i = 0, #KEYS / 4 - 1 do
   local k, a = i * 4, i * 5
   if redis.call('EXISTS', KEYS[k + 1], KEYS[k + 2]) ~= 0 then
@@ -268,10 +281,13 @@ for i = 0, #KEYS / 4 - 1 do
   else
     redis.call('PSETEX', KEYS[k + 1], ARGV[a + 1], ARGV[a + 3])
     redis.call('ZADD', KEYS[k + 3], ARGV[a + 2], ARGV[a + 4])
+    woken[KEYS[k + 3]] = true
     out[i + 1] = 1
   end
 end
-return out
+"""
+    + _WAKE
+    + """return out
 """
 )
 

@@ -36,6 +36,18 @@ FLAGS_UNAVAILABLE = "flags.unavailable"
 FLAGS_RECOVERED = "flags.recovered"
 WORKER_STARTED = "worker.started"
 WORKER_STOPPED = "worker.stopped"
+WORKER_STOPPING = "worker.stopping"
+WORKER_RECOVERED = "worker.recovered"
+WORKER_PRESUMED_DEAD = "worker.presumed_dead"
+WORKER_CLAIM_FAILED = "worker.claim_failed"
+WORKER_FINISH_FAILED = "worker.finish_failed"
+WORKER_HEARTBEAT_FAILED = "worker.heartbeat_failed"
+WORKER_DEREGISTER_FAILED = "worker.deregister_failed"
+WORKER_CRON_FAILED = "worker.cron_failed"
+WORKER_ERROR = "worker.error"
+JOB_REQUEUED = "job.requeued"
+JOB_EXPIRED = "job.expired"
+JOB_DEAD_LETTER_FAILED = "job.dead_letter_failed"
 WORKER_MISCONFIGURED = "worker.misconfigured"
 HOOK_FAILED = "hook.failed"
 REDIS_UNAVAILABLE = "redis.unavailable"
@@ -103,6 +115,60 @@ def _writer_factory(file: TextIO) -> Any:
         return writer
 
     return factory
+
+
+class _ToStructlog(logging.Handler):
+    """A logging handler that sends each record through structlog (one stream, one format)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            extra: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                extra["exc_info"] = record.exc_info
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **extra)
+        except Exception:
+            self.handleError(record)
+
+
+def route_stdlib_logging(level: str = "info") -> None:
+    """Send every ``logging`` record (arq's, asyncpg's, redis-py's, asyncio's, warnings)
+    and uncaught exceptions through structlog, so a worker writes one stream in one
+    format: with JSON output, one object per line, tracebacks inside it."""
+    handler = _ToStructlog()
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(_LEVELS[level])
+    for name in list(logging.root.manager.loggerDict):
+        logger = logging.getLogger(name)
+        if logger.handlers:  # e.g. arq's own, set by its command's dictConfig
+            for old in list(logger.handlers):
+                logger.removeHandler(old)
+            logger.propagate = True
+    logging.captureWarnings(True)
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if getattr(value, _LOGGED_MARK, False) and level != "debug":
+            return  # its one clear line is in the log already; the exit status says the rest
+        structlog.get_logger("asyncjobs").critical(
+            "process.crashed", error=f"{kind.__name__}: {value}", exc_info=(kind, value, tb)
+        )
+        flush = getattr(structlog.get_config()["logger_factory"](), "flush", None)
+        if callable(flush):
+            flush()
+
+    sys.excepthook = excepthook
+
+
+_LOGGED_MARK = "__asyncjobs_logged__"
+
+
+def already_logged(exc: BaseException) -> BaseException:
+    """Mark ``exc`` as said in the log already: if it ends the process, the hook set by
+    :func:`route_stdlib_logging` adds no traceback (unless the level is debug)."""
+    setattr(exc, _LOGGED_MARK, True)
+    return exc
 
 
 def configure_logging(

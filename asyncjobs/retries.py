@@ -106,6 +106,12 @@ class DeadLetter:
     traceback: str
     first_failed_at: datetime
     last_failed_at: datetime
+    reason: str = "failed"
+    """``failed`` (out of tries, or given up on), ``tries_exhausted`` (claimed more often
+    than ``max_tries``, e.g. by crashing its workers), or, for a payload the worker could
+    not run at all, ``unknown_job``, ``bad_payload`` or ``bad_arguments``."""
+    payload: bytes | None = None
+    """The job's payload as it was in Redis, for ``unknown_job`` and ``bad_payload``."""
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -124,8 +130,10 @@ def parse_duration(text: str) -> timedelta:
 
 _COLUMNS = (
     "id, job_name, job_id, queue, args, kwargs, redacted, tries, error, traceback, "
-    "first_failed_at, last_failed_at"
+    "first_failed_at, last_failed_at, reason, payload"
 )
+UNRUNNABLE = frozenset({"unknown_job", "bad_payload", "bad_arguments"})
+"""Reasons for which the worker never ran the job: it went straight to the dead letters."""
 
 
 def _row(record: Any) -> DeadLetter:
@@ -191,6 +199,51 @@ class DeadLetters:
         )
         return int(new_id)
 
+    async def record_unrunnable(
+        self,
+        *,
+        reason: str,
+        job_name: str,
+        job_id: str,
+        queue: str,
+        payload: bytes,
+        args: Any,
+        kwargs: Any,
+        tries: int,
+        error: str,
+    ) -> int:
+        """Keep a job the worker cannot run (``reason`` in :data:`UNRUNNABLE` or
+        ``tries_exhausted``) with its raw payload; returns the record's id."""
+        pool = await self._app.db()
+        retried = retried_dead_letter(job_id)
+        if retried is not None:
+            found = await pool.fetchval(
+                "UPDATE asyncjobs.dead_letters SET tries = tries + $2, error = $3, "
+                "last_failed_at = now(), job_id = $4, reason = $5 WHERE id = $1 RETURNING id",
+                retried,
+                tries,
+                error,
+                job_id,
+                reason,
+            )
+            if found is not None:
+                return int(found)
+        new_id = await pool.fetchval(
+            "INSERT INTO asyncjobs.dead_letters (job_name, job_id, queue, args, kwargs, "
+            "redacted, tries, error, traceback, reason, payload) "
+            "VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, false, $6, $7, '', $8, $9) RETURNING id",
+            job_name,
+            job_id,
+            queue,
+            None if args is None else json.dumps(args, default=repr),
+            None if kwargs is None else json.dumps(kwargs, default=repr),
+            tries,
+            error,
+            reason,
+            payload,
+        )
+        return int(new_id)
+
     async def list(self, job: str | None = None, *, limit: int = 100) -> builtins.list[DeadLetter]:
         """Dead letters, newest first; of one job if ``job`` is given."""
         pool = await self._app.db()
@@ -224,12 +277,21 @@ class DeadLetters:
         enqueue was rejected.
         """
         letter = await self.get(dead_id)
+        if letter.reason == "bad_payload":
+            raise AsyncJobsError(
+                f"dead letter {dead_id} holds a payload that is not a job asyncjobs can run "
+                f"({letter.error}); it cannot be retried, only purged"
+            )
+        job_id = f"{DEAD_RETRY_PREFIX}{dead_id}:{_new_suffix()}"
+        if letter.job_name not in self._app.registry and letter.payload is not None:
+            # A job this process does not know (the worker that does may): the payload
+            # goes back to its queue as it was, for a worker that knows the job.
+            return await _write_raw(self._app, letter, job_id)
         if letter.redacted:
             raise AsyncJobsError(
                 f"dead letter {dead_id} was redacted (its arguments were not kept); "
                 "it cannot be retried, only purged"
             )
-        job_id = f"{DEAD_RETRY_PREFIX}{dead_id}:{_new_suffix()}"
         return await self._app.enqueue(
             letter.job_name,
             *(letter.args or []),
@@ -269,6 +331,22 @@ def retried_dead_letter(job_id: str | None) -> int | None:
         return None
     head = job_id[len(DEAD_RETRY_PREFIX) :].split(":", 1)[0]
     return int(head) if head.isdigit() else None
+
+
+async def _write_raw(app: App, letter: DeadLetter, job_id: str) -> Job | None:
+    """Put a dead letter's payload back in its queue, unchanged, under ``job_id``."""
+    from arq.jobs import Job
+    from arq.utils import timestamp_ms
+
+    from .enqueue import EXPIRES_EXTRA_MS, WRITTEN, Prepared, write_prepared
+    from .serializer import deserialize
+
+    assert letter.payload is not None
+    job = Prepared(job_id, letter.queue, timestamp_ms(), EXPIRES_EXTRA_MS, letter.payload, None, 0)
+    (code,) = await write_prepared(app, [job], f"dead letter {letter.id} was not")
+    if code != WRITTEN:
+        return None
+    return Job(job_id, redis=await app.redis(), _queue_name=letter.queue, _deserializer=deserialize)
 
 
 def _new_suffix() -> str:

@@ -47,6 +47,22 @@ class Settings:
     queue_name: str = _env(
         "QUEUE", "arq:queue", "default queue name (default arq:queue, arq's own)"
     )
+    queues: tuple[str, ...] = _env(
+        "QUEUES",
+        (),
+        "comma-separated queues a worker reads (default: ASYNCJOBS_QUEUE and every queue "
+        "a registered job names)",
+    )
+    heartbeat: float = _env(
+        "HEARTBEAT",
+        2.0,
+        "seconds between a worker's heartbeats; 3 missed and its jobs are handed back (default 2)",
+    )
+    shutdown_grace: float = _env(
+        "SHUTDOWN_GRACE",
+        25.0,
+        "seconds a stopping worker lets running jobs finish before handing them back (default 25)",
+    )
     redis_timeout: float = _env(
         "REDIS_TIMEOUT", 2.0, "seconds an enqueue may wait for Redis before failing (default 2)"
     )
@@ -97,9 +113,16 @@ class Settings:
             "job_timeout",
             "flag_ttl",
             "flag_timeout",
+            "heartbeat",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{_var(name)} must be a positive number of seconds")
+        if not self.shutdown_grace >= 0 or self.shutdown_grace == float("inf"):
+            raise ConfigurationError(f"{_var('shutdown_grace')} must be 0 or more seconds")
+        if self.heartbeat == float("inf"):
+            raise ConfigurationError(f"{_var('heartbeat')} must be a finite number of seconds")
+        for queue in self.queues:
+            check_queue_name(queue, _var("queues"))
         if self.keep_result < 0:
             raise ConfigurationError(f"{_var('keep_result')} must be 0 or more seconds")
         if self.lock_connections < 1:
@@ -116,8 +139,7 @@ class Settings:
                 f"{_var('log_level')} must be one of {', '.join(sorted(_LOG_LEVELS))}, "
                 f"not {self.log_level!r}"
             )
-        if not self.queue_name:
-            raise ConfigurationError(f"{_var('queue_name')} must not be empty")
+        check_queue_name(self.queue_name, _var("queue_name"))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -158,6 +180,14 @@ def _parse(name: str, raw: str, var: str) -> Any:
     kind: type = str if default is None else type(default)
     if name == "imports":
         return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if name == "queues":
+        parts = tuple(part.strip() for part in raw.split(","))
+        if not all(parts):
+            raise ConfigurationError(
+                f"{var} must be queue names separated by commas, e.g. arq:queue,billing; "
+                f"got {raw!r} (an empty name)"
+            )
+        return tuple(dict.fromkeys(parts))
     if name in ("log_format", "log_level"):
         return raw.lower()
     if kind is bool:
@@ -178,6 +208,24 @@ def _parse(name: str, raw: str, var: str) -> Any:
         except ValueError:
             raise ConfigurationError(f"{var} must be a number of seconds, not {raw!r}") from None
     return raw
+
+
+_ARQ_KEY_PREFIXES = ("arq:job:", "arq:in-progress:", "arq:result:", "arq:retry:")
+_RESERVED_KEYS = frozenset({"arq:abort"})
+
+
+def check_queue_name(name: str, what: str) -> None:
+    """A :class:`ConfigurationError` naming ``what`` unless ``name`` can be a queue's key:
+    not empty, no whitespace, and no key arq uses for something else (``arq:job:...``)."""
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"{what} must not be empty")
+    if any(ch.isspace() for ch in name):
+        raise ConfigurationError(f"{what}: queue name {name!r} must not contain whitespace")
+    if name in _RESERVED_KEYS or name.startswith(_ARQ_KEY_PREFIXES):
+        raise ConfigurationError(
+            f"{what}: queue name {name!r} would collide with arq's own keys "
+            f"({', '.join(_ARQ_KEY_PREFIXES)}...); pick another name, e.g. arq:queue:billing"
+        )
 
 
 def redact(url: str) -> str:

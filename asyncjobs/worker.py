@@ -16,104 +16,25 @@ chain, with ``job.started`` / ``job.succeeded`` / ``job.failed`` events.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
-import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
-from arq.connections import RedisSettings
-from arq.cron import CronJob
 from arq.worker import Function, func
-from redis.asyncio.retry import Retry as RedisRetry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import logs
+from ._arq import ReconnectingRetry, redis_settings
 from .app import App, get_app
 from .exceptions import ConfigurationError
-from .execution import executor, job_timeout
-from .serializer import serialize, worker_deserializer
+from .runner import Worker
+from .serializer import deserialize, serialize
 from .settings import HOW_TO_CONFIGURE, Settings, redact
 
 _log = structlog.get_logger("asyncjobs.worker")
-
-Hook = Callable[[dict[str, Any]], Awaitable[Any]]
-
-
-class ReconnectingRetry(RedisRetry):
-    """redis-py retry policy for the worker's connections.
-
-    Fails fast until the first command succeeds (so a worker pointed at nothing
-    exits at once with a clear error), then retries connection errors forever
-    with capped exponential backoff, so the worker rides out a Redis restart and
-    resumes by itself. It stops retrying once the worker's main task has ended,
-    so shutting down during an outage does not hang. One instance is shared by
-    every connection of the pool (redis-py deep-copies retry objects).
-    """
-
-    def __init__(self) -> None:
-        super().__init__(
-            ExponentialBackoff(cap=1.0, base=0.05),
-            -1,
-            (RedisConnectionError, RedisTimeoutError),
-        )
-        # Also the OS-level errors a dropped socket raises before redis-py wraps them.
-        self._retry_on = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
-        self.connected = False
-        self.outage_since: float | None = None
-        self.main_task: asyncio.Task[Any] | None = None
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> ReconnectingRetry:
-        return self
-
-    async def call_with_retry(self, do: Callable[[], Awaitable[Any]], fail: Any) -> Any:
-        failures = 0
-        while True:
-            try:
-                result = await do()
-            except self._retry_on as error:
-                await fail(error)
-                stopping = self.main_task is not None and self.main_task.done()
-                if not self.connected or stopping:
-                    raise
-                failures += 1
-                if self.outage_since is None:
-                    self.outage_since = time.monotonic()
-                    _log.warning(logs.REDIS_UNAVAILABLE, error=str(error), retrying=True)
-                await asyncio.sleep(self._backoff.compute(failures))
-                continue
-            self.connected = True
-            if self.outage_since is not None:
-                down_for = time.monotonic() - self.outage_since
-                self.outage_since = None
-                _log.info(logs.REDIS_RECONNECTED, down_s=round(down_for, 3))
-            return result
-
-
-def quiet_arq_job_lines() -> None:
-    """Raise arq's worker logger to WARNING: asyncjobs' events replace its INFO lines.
-
-    arq writes two INFO lines per job (start and end); building those records
-    alone costs a worker about 6 % of its throughput, and ``job.succeeded`` /
-    ``job.failed`` say the same with structure. arq's warnings and errors still
-    pass; with ``ASYNCJOBS_LOG_LEVEL=debug`` nothing is changed.
-    """
-    logging.getLogger("arq.worker").setLevel(logging.WARNING)
-
-
-def redis_settings(settings: Settings, retry: RedisRetry | None = None) -> RedisSettings:
-    """arq's RedisSettings for ``settings.redis_url``, failing fast at startup."""
-    rs = RedisSettings.from_dsn(settings.require_redis_url())
-    rs.conn_timeout = max(1, round(settings.redis_timeout))
-    rs.conn_retries = 0
-    rs.retry = retry
-    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
-    return rs
 
 
 def _probe(url: str, timeout: float) -> None:
@@ -143,69 +64,72 @@ def import_job_modules(modules: tuple[str, ...]) -> None:
             ) from exc
 
 
-def _functions(app: App) -> list[Function]:
-    scheduled = {rec.name for rec in app.reconcilers}
-    return [
-        func(
-            executor(spec, app),
-            name=spec.name,
-            # The wrapper enforces the job's timeout; arq's is a backstop one second behind.
-            timeout=job_timeout(spec, app) + 1,
-            keep_result=spec.keep_result,
-            # Waits for an advisory lock re-defer through arq without being tries, so
-            # arq must not stop an exclusive job; the wrapper counts its real tries.
-            max_tries=spec.max_tries if spec.lock is None and not spec.exclusive else 1_000_000,
+def _placeholder_functions(app: App) -> list[Function]:
+    """What arq's ``Worker`` is given as functions: it needs at least one and lists them
+    at start; the jobs themselves run in asyncjobs' loop (:mod:`asyncjobs.runner`)."""
+
+    async def never_called(ctx: dict[str, Any]) -> None:  # pragma: no cover
+        raise RuntimeError("arq's own loop does not run asyncjobs' jobs")
+
+    names = sorted(app.registry.names() | {rec.name for rec in app.reconcilers})
+    return [func(never_called, name=name) for name in names]
+
+
+_WORKER_OPTIONS = ("max_jobs", "poll_delay", "queues", "heartbeat", "shutdown_grace")
+_SETTINGS_OPTIONS = {"queue_name": "queue_name", "job_timeout": "job_timeout"}
+
+
+def _bridge(
+    app: App, retry: ReconnectingRetry, own: dict[str, Any]
+) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    """arq's ``on_startup``: run asyncjobs' loop (:class:`asyncjobs.runner.Worker`) for
+    the worker's whole life, then end arq's main task so its own loop never polls."""
+    on_startup = own.pop("on_startup", None)
+    on_shutdown = own.pop("on_shutdown", None)
+    extra_cron = list(own.pop("cron_jobs", None) or ())
+    options = {k: own[k] for k in _WORKER_OPTIONS if own.get(k) is not None}
+
+    async def run_asyncjobs_worker(ctx: dict[str, Any]) -> None:
+        worker = Worker(
+            app,
+            redis=ctx["redis"],
+            retry=retry,
+            ctx=ctx,
+            on_startup=on_startup,
+            on_shutdown=on_shutdown,
+            extra_cron=extra_cron,
+            **options,
         )
-        for spec in app.registry
-        if spec.name not in scheduled
-    ]
-
-
-def _cron_jobs(app: App) -> list[CronJob]:
-    """One arq cron job per reconciler, running through the execution wrapper."""
-    return [
-        rec.cron_job(executor(rec.spec, app, dead_letters=False), job_timeout(rec.spec, app) + 1)
-        for rec in app.reconcilers
-    ]
-
-
-def _hooks(
-    app: App, retry: ReconnectingRetry, user_startup: Hook | None, user_shutdown: Hook | None
-) -> tuple[Hook, Hook]:
-    async def on_startup(ctx: dict[str, Any]) -> None:
-        retry.main_task = asyncio.current_task()
-        ctx["asyncjobs"] = app
-        _log.info(
-            logs.WORKER_STARTED,
-            jobs=sorted(app.registry.names()),
-            queue=app.settings.queue_name,
-            max_jobs=app.settings.max_jobs,
-        )
-        if user_startup is not None:
-            await user_startup(ctx)
-
-    async def on_shutdown(ctx: dict[str, Any]) -> None:
-        # arq awaits this in close(); an exception here would skip closing its pool.
         try:
-            if user_shutdown is not None:
-                await user_shutdown(ctx)
-        except Exception as exc:
-            _log.error(logs.HOOK_FAILED, hook="on_shutdown", error=repr(exc), exc_info=exc)
-        try:
-            await app.close()
-        except Exception as exc:
-            _log.error(logs.HOOK_FAILED, hook="app.close", error=repr(exc), exc_info=exc)
-        _log.info(logs.WORKER_STOPPED)
+            await worker.run()
+        finally:
+            try:
+                await app.close()
+            except Exception as exc:
+                _log.error(logs.HOOK_FAILED, hook="app.close", error=repr(exc), exc_info=exc)
+        # arq's Worker.run() takes a cancelled main task for a normal stop, then closes.
+        raise asyncio.CancelledError
 
-    return on_startup, on_shutdown
+    return run_asyncjobs_worker
 
 
 def resolve_worker_options(own: dict[str, Any]) -> dict[str, Any]:
-    """arq Worker keyword arguments: asyncjobs' defaults from the environment, then ``own``."""
-    settings = Settings.from_env()
+    """arq Worker keyword arguments that run asyncjobs' loop, configured from the
+    environment and then ``own`` (a settings subclass's attributes).
+
+    A misconfiguration is logged (``worker.misconfigured``) and raised; a worker
+    process then exits with status 1 without printing a traceback (it does with
+    ``ASYNCJOBS_LOG_LEVEL=debug``).
+    """
+    try:
+        settings = Settings.from_env()
+    except ConfigurationError as exc:
+        logs.configure_logging()
+        logs.route_stdlib_logging()
+        _log.error(logs.WORKER_MISCONFIGURED, error=str(exc))
+        raise logs.already_logged(exc) from None
     logs.configure_logging(settings.log_format, settings.log_level)
-    if settings.log_level != "debug":
-        quiet_arq_job_lines()
+    logs.route_stdlib_logging(settings.log_level)
     try:
         url = settings.require_redis_url()
         import_job_modules(settings.imports)
@@ -215,35 +139,34 @@ def resolve_worker_options(own: dict[str, Any]) -> dict[str, Any]:
                 "no jobs are registered: set ASYNCJOBS_IMPORTS to the module(s) that define "
                 "your @job functions, e.g. ASYNCJOBS_IMPORTS=myapp.jobs"
             )
+        overrides = {
+            field: own[name]
+            for name, field in _SETTINGS_OPTIONS.items()
+            if own.get(name) is not None
+        }
+        if own.get("keep_result") is not None:
+            overrides["keep_result"] = float(own["keep_result"])
+        if overrides:
+            app.settings = dataclasses.replace(app.settings, **overrides)
         _probe(url, settings.redis_timeout)
     except ConfigurationError as exc:
         _log.error(logs.WORKER_MISCONFIGURED, error=str(exc))
-        raise
+        raise logs.already_logged(exc) from None
     cfg = app.settings
     retry = ReconnectingRetry()
-    on_startup, on_shutdown = _hooks(
-        app, retry, own.pop("on_startup", None), own.pop("on_shutdown", None)
-    )
-    options: dict[str, Any] = {
-        "functions": _functions(app),
-        "cron_jobs": _cron_jobs(app),
+    return {
+        "functions": _placeholder_functions(app),
         "queue_name": cfg.queue_name,
         "redis_settings": redis_settings(cfg, retry),
         "job_serializer": serialize,
-        "job_deserializer": worker_deserializer(app.registry.names()),
-        "on_startup": on_startup,
-        "on_shutdown": on_shutdown,
-        "max_jobs": cfg.max_jobs,
-        "poll_delay": cfg.poll_delay,
+        "job_deserializer": deserialize,
+        "on_startup": _bridge(app, retry, own),
+        # asyncjobs' loop installs its own handlers over arq's (which must exist, or arq's
+        # close() would log a shutdown line of its own).
+        "handle_signals": True,
+        "max_jobs": own.get("max_jobs") or cfg.max_jobs,
         "job_timeout": cfg.job_timeout,
-        "keep_result": cfg.keep_result,
-        # Each poll reads what fits; arq's default (max_jobs * 5) rereads ids it cannot start.
-        "queue_read_limit": cfg.max_jobs,
-        # arq writes a line per job start and end; asyncjobs' events replace them.
-        "log_results": False,
     }
-    options.update(own)
-    return options
 
 
 class _WorkerSettingsMeta(type):

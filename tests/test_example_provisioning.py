@@ -27,7 +27,7 @@ EXAMPLE_ENV = {
     "ASYNCJOBS_IMPORTS": "examples.provisioning.jobs",
     "PROVISIONING_RECONCILE_EVERY": "2",
     "PROVISIONING_BACKUP_EVERY": "2",
-    "PROVISIONING_WORK": "0.01",
+    "PROVISIONING_WORK": "0.05",
 }
 
 
@@ -101,6 +101,8 @@ async def test_a_database_goes_from_request_to_ready_notified_backed_up_and_dele
     await _until(ready_and_notified, "the row is ready and its owner mailed")
     await _until(lambda: _has(client, "backups", 1), "the backup reconciler backed the database up")
 
+    # The second delete arrives while the first's cleanup waits or runs (the worker starts
+    # it within milliseconds; it takes PROVISIONING_WORK and holds its uniqueness until done).
     first = await client.delete(url)
     second = await client.delete(url)
     assert first.json()["queued"] is True

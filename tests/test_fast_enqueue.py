@@ -76,9 +76,11 @@ async def test_writes_the_same_keys_as_arqs_enqueue_job(
     assert theirs is not None
     queue = options.get("_queue_name", "arq:queue")
     await _assert_same_keys(redis, "ours", "theirs", queue)
+    # and one key of asyncjobs' own beside arq's: the token that wakes an idle worker
     assert sorted(await redis.keys("*")) == sorted(
-        [b"arq:job:ours", b"arq:job:theirs", queue.encode()]
+        [b"arq:job:ours", b"arq:job:theirs", queue.encode(), f"asyncjobs:wake:{queue}".encode()]
     )
+    assert await redis.lrange(f"asyncjobs:wake:{queue}", 0, -1) == [b"1"]
 
 
 async def test_duplicate_ids_are_refused_while_job_or_result_exists(

@@ -72,9 +72,10 @@ async def test_at_info_level_a_job_logs_one_line_and_arqs_own_lines_are_quiet(
     assert '"job.succeeded"' in mentions[0]
 
 
-async def test_garbage_payloads_are_dropped_and_the_worker_goes_on(
+async def test_payloads_the_worker_cannot_run_go_to_the_dead_letters_raw(
     worker_env: dict[str, str], app: App, redis: aioredis.Redis
 ) -> None:
+    await app.migrate()
     now_ms = int(time.time() * 1000)
     # Not JSON, JSON of the wrong shape, a pickle from a plain arq client, and an unknown job.
     garbage = {
@@ -89,15 +90,27 @@ async def test_garbage_payloads_are_dropped_and_the_worker_goes_on(
         await redis.set(f"arq:job:{job_id}", payload)
         await redis.zadd("arq:queue", {job_id: now_ms})
     with WorkerProcess(worker_env, cwd=ROOT) as worker:
-        worker.wait_for('"event": "job.dropped"', count=4)
+        worker.wait_for('"event": "job.dead"', count=4)
         job = await app.enqueue(record_args, "after garbage")
         done = await runs(redis, 1)
         assert worker.alive()
     assert job is not None
     assert done[0]["args"] == ["after garbage", None]
-    reasons = [json.loads(line)["reason"] for line in worker.lines if "job.dropped" in line]
-    assert sorted(reasons) == ["invalid_payload"] * 3 + ["unknown_job"]
+    events = [json.loads(line) for line in worker.lines if '"job.dead"' in line]
+    assert sorted((e["job_id"], e["reason"]) for e in events) == [
+        ("notjson", "bad_payload"),
+        ("pickled", "bad_payload"),
+        ("unknown", "unknown_job"),
+        ("wrongshape", "bad_payload"),
+    ]
     assert await redis.zcard("arq:queue") == 0
+    letters = {d.job_id: d for d in await app.dead.list()}
+    assert set(letters) == set(garbage)
+    assert letters["notjson"].payload == b"{this is not json"
+    assert letters["pickled"].payload == garbage["pickled"]
+    assert letters["unknown"].job_name == "no_such_job"
+    assert json.loads(letters["unknown"].payload or b"") == json.loads(garbage["unknown"])
+    assert all(d.reason in ("bad_payload", "unknown_job") for d in letters.values())
 
 
 async def test_a_failing_job_and_a_failing_middleware_do_not_stop_the_worker(

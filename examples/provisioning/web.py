@@ -178,9 +178,10 @@ async def delete_database(request: Request) -> JSONResponse:
             {"error": f"database {row['id']} is {row['state']}; only ready ones can be deleted"},
             status_code=409,
         )
-    await request.app.state.db.execute(
-        "UPDATE databases SET state = 'deleting' WHERE id = $1", row["id"]
-    )
+    if row["state"] == "ready":  # a second delete must not wait on a cleanup's row lock
+        await request.app.state.db.execute(
+            "UPDATE databases SET state = 'deleting' WHERE id = $1", row["id"]
+        )
     job = await asyncjobs.enqueue(cleanup_database_job, row["id"])
     answer: dict[str, Any] = {"id": row["id"], "state": "deleting", "queued": job is not None}
     if job is None:

@@ -1,0 +1,821 @@
+"""asyncjobs' own worker loop, on arq's Redis format.
+
+Why a loop of our own rather than an ``arq.worker.Worker`` subclass: arq's
+command builds arq's own ``Worker`` class from the settings it reads, so a
+subclass would never be started by ``arq asyncjobs.WorkerSettings``; and
+what had to change (claiming and finishing in batches, liveness, the
+graceful stop, reading many queues, keeping what cannot run) is most of
+arq's ``Worker``. So ``arq asyncjobs.WorkerSettings`` still starts arq's
+``Worker``, whose start-up hook runs this loop for the worker's whole life
+and then ends arq's main task (see :mod:`asyncjobs.worker`). The format in
+Redis is arq's, key for key (:mod:`asyncjobs.claim`), so arq's ``Job`` API
+reads what this loop writes and arq's own worker can share a queue with it.
+
+The loop: claim up to the free slots' worth of ready jobs in one Lua call,
+start each as a task, collect outcomes and write them back in one Lua call
+per batch; when the queues are empty, block on the wake-up lists (polling
+every ``ASYNCJOBS_POLL_DELAY`` at most). A heartbeat task renews the
+worker's registration and hands dead workers' jobs back
+(:mod:`asyncjobs.liveness`); a cron task enqueues the reconcilers' runs.
+
+Stopping: SIGTERM or SIGINT stops claiming, lets running jobs finish for up
+to ``ASYNCJOBS_SHUTDOWN_GRACE`` seconds, then cancels the rest and hands them
+back to their queues at once (the try not counted), logging
+``worker.stopping`` and ``job.requeued``. A second signal cancels at once.
+
+A payload that names no job this worker knows, is not a JSON job payload, or
+whose arguments do not fit the job's signature is never run: it goes to the
+dead letters (reason ``unknown_job``, ``bad_payload``, ``bad_arguments``) with
+the raw payload, and leaves the queue. Nothing is executed from a payload
+that is not JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from arq.connections import ArqRedis
+from arq.constants import retry_key_prefix
+from arq.cron import CronJob
+from arq.jobs import serialize_result
+from arq.utils import ms_to_datetime, timestamp_ms, to_unix_ms
+from arq.worker import Retry
+from redis.commands.core import AsyncScript
+
+from . import logs
+from ._arq import ReconnectingRetry, worker_redis
+from .app import App
+from .claim import (
+    CLAIM_LUA,
+    FINISH_LUA,
+    RECOVER_LUA,
+    RETRY_KEY_TTL_S,
+    WORKERS_KEY,
+    Claimed,
+    parse_claim,
+    wake_key,
+)
+from .enqueue import EXPIRES_EXTRA_MS, Prepared, serialize_job, write_prepared
+from .execution import executor, job_timeout
+from .jobs import JobSpec
+from .liveness import (
+    MISSED_BEATS,
+    beat,
+    deregister,
+    new_worker_id,
+    registration,
+    worker_jobs_key,
+)
+from .serializer import serialize
+
+_log = structlog.get_logger("asyncjobs.worker")
+
+Hook = Callable[[dict[str, Any]], Awaitable[Any]]
+
+CLAIM_MAX = 1000
+"""The most jobs one claim call takes, however many slots are free."""
+SCAN_MAX = 10_000
+"""The most queue entries one claim looks at per queue (running jobs stay in the queue)."""
+CRON_KEEP_IN_PROGRESS_MS = 60_000
+"""arq keeps a finished cron job's in-progress key this long, so no worker runs it twice."""
+DEAD_LETTER_LATER_S = 60.0
+"""A job that should go to the dead letters while PostgreSQL is down waits this long."""
+
+
+@dataclass(frozen=True, slots=True)
+class Runnable:
+    """A job this worker can run: its name, the coroutine that runs it, and arq's limits."""
+
+    name: str
+    run: Callable[..., Awaitable[Any]]
+    spec: JobSpec | None = None
+    max_tries: int | None = None
+    keep_result_ms: int = 0
+    keep_in_progress_ms: int = 0
+    cron: CronJob | None = None
+
+
+def runnables(app: App, extra_cron: Sequence[CronJob] = ()) -> dict[str, Runnable]:
+    """Every job of ``app``'s registry (through the execution wrapper), its reconcilers
+    (as arq cron jobs) and ``extra_cron`` (arq cron jobs of a settings subclass, run bare)."""
+    settings = app.settings
+    scheduled = {rec.name for rec in app.reconcilers}
+    found: dict[str, Runnable] = {}
+
+    def keep(seconds: float | None) -> int:
+        value = settings.keep_result if seconds is None else seconds
+        return round(value * 1000)
+
+    for spec in app.registry:
+        if spec.name in scheduled:
+            continue
+        exclusive = spec.lock is not None or spec.exclusive
+        found[spec.name] = Runnable(
+            spec.name,
+            executor(spec, app),
+            spec,
+            # An exclusive job's waits for its lock count in arq's counter; the wrapper
+            # counts its real tries.
+            max_tries=None if exclusive else spec.max_tries,
+            keep_result_ms=keep(spec.keep_result),
+        )
+    for rec in app.reconcilers:
+        cron = rec.cron_job(executor(rec.spec, app, dead_letters=False), job_timeout(rec.spec, app))
+        found[cron.name] = Runnable(
+            cron.name,
+            cron.coroutine,
+            rec.spec,
+            max_tries=None,
+            keep_result_ms=keep(cron.keep_result_s),
+            keep_in_progress_ms=CRON_KEEP_IN_PROGRESS_MS,
+            cron=cron,
+        )
+    for cron in extra_cron:
+        found[cron.name] = Runnable(
+            cron.name,
+            cron.coroutine,
+            None,
+            max_tries=cron.max_tries,
+            keep_result_ms=keep(cron.keep_result_s),
+            keep_in_progress_ms=CRON_KEEP_IN_PROGRESS_MS,
+            cron=cron,
+        )
+    return found
+
+
+def default_queues(app: App) -> tuple[str, ...]:
+    """``ASYNCJOBS_QUEUES`` if set, else the default queue and every queue a job names."""
+    settings = app.settings
+    if settings.queues:
+        return settings.queues
+    named = sorted({spec.queue for spec in app.registry if spec.queue})
+    return tuple(dict.fromkeys((settings.queue_name, *named)))
+
+
+class _Record:
+    """One outcome waiting to be written back: the arguments of FINISH_LUA for a job."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, op: str, job: Claimed, n1: int = 0, n2: int = 0, result: bytes = b""):
+        self.args = (op, job.job_id, job.queue, n1, n2, result)
+
+
+class Worker:
+    """One worker process's loop. ``await Worker(app).run()`` until a signal (or, with
+    ``burst=True``, until the queues are empty).
+
+    Options default to ``app.settings`` (``ASYNCJOBS_*``). ``redis`` is a client to use
+    (and not close); by default the worker opens its own. ``ctx`` is the dict every job's
+    context starts from; ``on_startup``/``on_shutdown`` receive it.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] | None = None,
+        max_jobs: int | None = None,
+        poll_delay: float | None = None,
+        heartbeat: float | None = None,
+        shutdown_grace: float | None = None,
+        burst: bool = False,
+        handle_signals: bool = True,
+        redis: ArqRedis | None = None,
+        retry: ReconnectingRetry | None = None,
+        ctx: dict[str, Any] | None = None,
+        on_startup: Hook | None = None,
+        on_shutdown: Hook | None = None,
+        extra_cron: Sequence[CronJob] = (),
+    ) -> None:
+        settings = app.settings
+        self.app = app
+        self.queues = tuple(queues) if queues else default_queues(app)
+        self.max_jobs = max_jobs if max_jobs is not None else settings.max_jobs
+        self.poll_delay = poll_delay if poll_delay is not None else settings.poll_delay
+        self.heartbeat = heartbeat if heartbeat is not None else settings.heartbeat
+        self.shutdown_grace = (
+            shutdown_grace if shutdown_grace is not None else settings.shutdown_grace
+        )
+        self.burst = burst
+        self.handle_signals = handle_signals
+        self.functions = runnables(app, extra_cron)
+        self.cron_jobs = [r.cron for r in self.functions.values() if r.cron is not None]
+        self.id = new_worker_id()
+        self.ctx: dict[str, Any] = ctx if ctx is not None else {}
+        self.on_startup = on_startup
+        self.on_shutdown = on_shutdown
+        self.jobs_complete = self.jobs_failed = self.jobs_retried = 0
+        self._redis = redis
+        self._own_redis = redis is None
+        self._retry = retry if retry is not None else ReconnectingRetry()
+        timeouts = [job_timeout(r.spec, app) for r in self.functions.values() if r.spec]
+        # As arq: the job's timeout (the wrapper's, plus arq's one-second backstop) + 10 s.
+        self._in_progress_ms = round((max(timeouts, default=settings.job_timeout) + 11) * 1000)
+        self._jobs_key = worker_jobs_key(self.id)
+        self._wake_keys = [wake_key(q) for q in self.queues]
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._aborting: set[str] = set()
+        self._pending: list[_Record] = []
+        self._flushed = asyncio.Event()
+        self._have_pending = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping_since: float | None = None
+        self._started = time.time()
+        self._rotation = 0
+        self._claim_failed = False
+        self._scripts: dict[str, AsyncScript] = {}
+        self._background: list[asyncio.Task[Any]] = []
+
+    # -- life --------------------------------------------------------------
+
+    @property
+    def redis(self) -> ArqRedis:
+        """The worker's Redis client (open once :meth:`run` has started)."""
+        assert self._redis is not None, "the worker has not started"
+        return self._redis
+
+    async def run(self) -> None:
+        """Run until stopped; hand back what could not finish, deregister, close."""
+        self._retry.main_task = asyncio.current_task()
+        if self._redis is None:
+            self._redis = await worker_redis(self.app.settings, self._retry)
+        self.ctx.setdefault("redis", self._redis)
+        self.ctx["asyncjobs"] = self.app
+        self._scripts = {
+            name: self._redis.register_script(lua)
+            for name, lua in (
+                ("claim", CLAIM_LUA),
+                ("finish", FINISH_LUA),
+                ("recover", RECOVER_LUA),
+            )
+        }
+        if self.handle_signals:
+            self._install_signal_handlers()
+        try:
+            await self._beat(first=True)
+            if self.on_startup is not None:
+                await self.on_startup(self.ctx)
+            self._background = [
+                asyncio.create_task(self._flush_loop(), name="asyncjobs.flush"),
+                asyncio.create_task(self._heartbeat_loop(), name="asyncjobs.heartbeat"),
+            ]
+            if self.cron_jobs:
+                cron = asyncio.create_task(self._cron_loop(), name="asyncjobs.cron")
+                self._background.append(cron)
+            _log.info(
+                logs.WORKER_STARTED,
+                worker_id=self.id,
+                queues=list(self.queues),
+                jobs=sorted(self.functions),
+                max_jobs=self.max_jobs,
+                heartbeat_s=self.heartbeat,
+                shutdown_grace_s=self.shutdown_grace,
+            )
+            await self._claim_loop()
+        finally:
+            await self._shut_down()
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop claiming and wind down (as on SIGTERM); ``now=True`` as on a second signal."""
+        if self._stop.is_set() or now:
+            self._force.set()
+        self._stop.set()
+        self._slot_free.set()
+        self._wake.set()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        second = self._stop.is_set()
+        _log.info(
+            logs.WORKER_STOPPING,
+            worker_id=self.id,
+            signal=sig.name,
+            running=len(self._running),
+            grace_s=0 if second else self.shutdown_grace,
+            immediate=second,
+        )
+        self.stop(now=second)
+
+    async def _shut_down(self) -> None:
+        self._stop.set()
+        self._stopping_since = time.monotonic()
+        if self._running and not self._force.is_set():
+            force = asyncio.create_task(self._force.wait())
+            await _wait_all_or(list(self._running.values()), force, self.shutdown_grace)
+            force.cancel()
+        for task in list(self._running.values()):
+            task.cancel()
+        if self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await self._drain_pending()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        try:
+            await deregister(self.redis, self.id)
+        except Exception as exc:  # Redis is gone: the registration expires by itself
+            _log.warning(logs.WORKER_DEREGISTER_FAILED, worker_id=self.id, error=repr(exc))
+        if self.on_shutdown is not None:
+            try:
+                await self.on_shutdown(self.ctx)
+            except Exception as exc:
+                _log.error(logs.HOOK_FAILED, hook="on_shutdown", error=repr(exc), exc_info=exc)
+        if self._own_redis and self._redis is not None:
+            await self._redis.aclose(close_connection_pool=True)
+        _log.info(
+            logs.WORKER_STOPPED,
+            worker_id=self.id,
+            jobs_complete=self.jobs_complete,
+            jobs_failed=self.jobs_failed,
+            jobs_retried=self.jobs_retried,
+        )
+
+    # -- claiming ----------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            free = self.max_jobs - len(self._running)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            want = min(free, CLAIM_MAX)
+            try:
+                jobs = await self._claim(want)
+            except Exception as exc:
+                self._claim_failed = True
+                failures += 1
+                _log.warning(logs.WORKER_CLAIM_FAILED, worker_id=self.id, error=repr(exc))
+                await self._sleep_or_stop(min(1.0, 0.05 * 2**failures))
+                continue
+            failures = 0
+            for job in jobs:
+                task = asyncio.create_task(self._execute(job), name=job.job_id)
+                self._running[job.job_id] = task
+                task.add_done_callback(self._job_done)
+            if len(jobs) == want:
+                await asyncio.sleep(0)  # let what was claimed start before claiming more
+                continue
+            if self.burst and await self._burst_done():
+                return
+            await self._wait_for_work()
+
+    async def _claim(self, want: int) -> list[Claimed]:
+        queues = self.queues
+        if len(queues) > 1:  # start at a different queue each time, so none starves
+            self._rotation = (self._rotation + 1) % len(queues)
+            queues = queues[self._rotation :] + queues[: self._rotation]
+        reply = await self._scripts["claim"](
+            keys=[self._jobs_key, *queues],
+            args=[timestamp_ms(), want, self._in_progress_ms, self.id, SCAN_MAX],
+        )
+        return parse_claim(reply)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task.get_name(), None)
+        self._slot_free.set()
+
+    async def _wait_for_work(self) -> None:
+        """Until a wake-up token, the next poll, or a stop, whichever comes first."""
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        # redis-py types BLPOP's timeout as whole seconds; Redis takes fractions since 6.0.
+        wait: Awaitable[Any] = self.redis.blpop(self._wake_keys, self.poll_delay)  # type: ignore[arg-type,assignment]
+        blpop = asyncio.ensure_future(wait)
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait([blpop, woken], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (blpop, woken):
+                if not waiter.done():
+                    waiter.cancel()
+            await asyncio.gather(blpop, woken, return_exceptions=True)
+        self._wake.clear()
+        if blpop.done() and not blpop.cancelled() and blpop.exception() is not None:
+            exc = blpop.exception()
+            _log.warning(logs.WORKER_CLAIM_FAILED, worker_id=self.id, error=repr(exc))
+            await self._sleep_or_stop(self.poll_delay)
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+
+    async def _burst_done(self) -> bool:
+        if self._running:
+            return False
+        await self._drain_pending()
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in self.queues:
+            pipe.zcard(queue)
+        counts: list[int] = await pipe.execute()
+        return sum(counts) == 0
+
+    # -- running a job -----------------------------------------------------
+
+    async def _execute(self, job: Claimed) -> None:
+        """Run one claimed job and record its outcome (exactly one record per claim)."""
+        recorded = False
+
+        def record(rec: _Record) -> None:
+            nonlocal recorded
+            recorded = True
+            self._pending.append(rec)
+            self._have_pending.set()
+
+        try:
+            await self._run_claimed(job, record)
+        except asyncio.CancelledError:
+            if not recorded:
+                self._requeue(job, record)
+        except Exception as exc:  # a bug of ours: keep the job, do not lose it
+            _log.error(logs.WORKER_ERROR, job_id=job.job_id, error=repr(exc), exc_info=exc)
+            if not recorded:
+                record(_Record("R", job, timestamp_ms() + round(DEAD_LETTER_LATER_S * 1000)))
+
+    def _requeue(self, job: Claimed, record: Callable[[_Record], None]) -> None:
+        if job.job_id in self._aborting:
+            return  # recorded by the abort path
+        _log.info(logs.JOB_REQUEUED, job_id=job.job_id, queue=job.queue, worker_id=self.id)
+        record(_Record("Q", job))
+
+    async def _run_claimed(self, job: Claimed, record: Callable[[_Record], None]) -> None:
+        if job.payload is None:  # the job key expired before the job ran (as arq: failed)
+            _log.warning(logs.JOB_EXPIRED, job_id=job.job_id, queue=job.queue)
+            record(_Record("F", job))
+            return
+        decoded = decode_payload(job.payload)
+        if isinstance(decoded, str):
+            await self._unrunnable(job, record, "bad_payload", decoded)
+            return
+        name, args, kwargs, enqueue_try, enqueue_ms = decoded
+        function = self.functions.get(name)
+        if function is None:
+            await self._unrunnable(
+                job,
+                record,
+                "unknown_job",
+                f"no job named {name!r} is registered in this worker",
+                name=name,
+                args=args,
+                kwargs=kwargs,
+            )
+            return
+        if function.spec is not None and function.cron is None:
+            try:
+                function.spec.bind(tuple(args), kwargs)
+            except TypeError as exc:
+                await self._unrunnable(
+                    job,
+                    record,
+                    "bad_arguments",
+                    f"arguments do not fit job {name!r}{function.spec.signature}: {exc}",
+                    name=name,
+                    args=args,
+                    kwargs=kwargs,
+                )
+                return
+        job_try = job.job_try
+        if enqueue_try is not None and enqueue_try > job_try:
+            job_try = enqueue_try
+            await self.redis.setex(retry_key_prefix + job.job_id, RETRY_KEY_TTL_S, str(job_try))
+        if function.max_tries is not None and job_try > function.max_tries:
+            await self._unrunnable(
+                job,
+                record,
+                "tries_exhausted",
+                f"claimed {job_try} times, more than its max_tries of {function.max_tries} "
+                "(its worker stopped or crashed while running it)",
+                name=name,
+                args=args,
+                kwargs=kwargs,
+                tries=job_try - 1,
+            )
+            return
+        start_ms = timestamp_ms()
+        ctx = {
+            **self.ctx,
+            "job_id": job.job_id,
+            "job_try": job_try,
+            "enqueue_time": ms_to_datetime(enqueue_ms),
+            "score": job.score,
+        }
+        try:
+            result = await function.run(ctx, *args, **kwargs)
+        except Retry as exc:
+            self.jobs_retried += 1
+            record(_Record("R", job, timestamp_ms() + (exc.defer_score or 0)))
+            return
+        except asyncio.CancelledError:
+            if job.job_id in self._aborting:
+                self._aborting.discard(job.job_id)
+                self.jobs_failed += 1
+                record(
+                    self._finished(
+                        job,
+                        function,
+                        name,
+                        args,
+                        kwargs,
+                        job_try,
+                        enqueue_ms,
+                        start_ms,
+                        False,
+                        asyncio.CancelledError("aborted"),
+                    )
+                )
+                return
+            raise
+        except Exception as exc:
+            self.jobs_failed += 1
+            record(
+                self._finished(
+                    job, function, name, args, kwargs, job_try, enqueue_ms, start_ms, False, exc
+                )
+            )
+            return
+        self.jobs_complete += 1
+        record(
+            self._finished(
+                job, function, name, args, kwargs, job_try, enqueue_ms, start_ms, True, result
+            )
+        )
+
+    def _finished(
+        self,
+        job: Claimed,
+        function: Runnable,
+        name: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        job_try: int,
+        enqueue_ms: int,
+        start_ms: int,
+        success: bool,
+        result: Any,
+    ) -> _Record:
+        keep = function.keep_result_ms
+        data = b""
+        if keep:
+            data = (
+                serialize_result(
+                    name,
+                    tuple(args),
+                    kwargs,
+                    job_try,
+                    enqueue_ms,
+                    success,
+                    result,
+                    start_ms,
+                    timestamp_ms(),
+                    f"{job.job_id}:{name}",
+                    job.queue,
+                    job.job_id,
+                    serializer=serialize,
+                )
+                or b""
+            )
+        return _Record("F", job, keep, function.keep_in_progress_ms, data)
+
+    async def _unrunnable(
+        self,
+        job: Claimed,
+        record: Callable[[_Record], None],
+        reason: str,
+        error: str,
+        *,
+        name: str | None = None,
+        args: Any = None,
+        kwargs: Any = None,
+        tries: int | None = None,
+    ) -> None:
+        """Move a job that cannot run to the dead letters, raw payload and all; if the
+        dead letters cannot be written, leave it queued and try again later."""
+        assert job.payload is not None
+        about = {"job": name, "job_id": job.job_id, "queue": job.queue, "reason": reason}
+        try:
+            dead_id = await self.app.dead.record_unrunnable(
+                reason=reason,
+                job_name=name or "?",
+                job_id=job.job_id,
+                queue=job.queue,
+                payload=job.payload,
+                args=args,
+                kwargs=kwargs,
+                tries=job.job_try if tries is None else tries,
+                error=error,
+            )
+        except Exception as exc:
+            _log.error(
+                logs.JOB_DEAD_LETTER_FAILED,
+                **about,
+                error=error,
+                store_error=f"{type(exc).__name__}: {exc}",
+                retry_in_s=DEAD_LETTER_LATER_S,
+            )
+            record(_Record("R", job, timestamp_ms() + round(DEAD_LETTER_LATER_S * 1000)))
+            return
+        self.jobs_failed += 1
+        _log.error(logs.JOB_DEAD, **about, dead_letter_id=dead_id, error=error)
+        record(_Record("F", job))
+
+    # -- writing outcomes back ---------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._have_pending.wait()
+            self._have_pending.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        failures = 0
+        while self._pending:
+            batch, self._pending = self._pending, []
+            args: list[Any] = [self.id]
+            for rec in batch:
+                args.extend(rec.args)
+            try:
+                await self._scripts["finish"](keys=[self._jobs_key], args=args)
+            except Exception as exc:
+                self._pending[:0] = batch
+                failures += 1
+                _log.warning(logs.WORKER_FINISH_FAILED, worker_id=self.id, error=repr(exc))
+                if self._force.is_set() and failures >= 3:
+                    return
+                await asyncio.sleep(min(1.0, 0.05 * 2**failures))
+        self._flushed.set()
+
+    async def _drain_pending(self) -> None:
+        """Write every outcome collected so far (at shutdown, and before a burst ends)."""
+        if self._pending:
+            await self._flush()
+
+    # -- heartbeat, recovery, cron -----------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                await self._beat()
+            except Exception as exc:
+                _log.warning(logs.WORKER_HEARTBEAT_FAILED, worker_id=self.id, error=repr(exc))
+
+    async def _beat(self, *, first: bool = False) -> None:
+        fields = registration(
+            self.id, self.queues, self._started, list(self._running), self.max_jobs
+        )
+        ttl_ms = round(self.heartbeat * MISSED_BEATS * 1000)
+        existed = await beat(self.redis, self.id, fields, ttl_ms)
+        if not existed and not first:
+            _log.error(
+                logs.WORKER_PRESUMED_DEAD,
+                worker_id=self.id,
+                running=len(self._running),
+                hint="the event loop was blocked for longer than 3 heartbeats, or Redis lost "
+                "the registration; other workers may have started this worker's jobs again",
+            )
+        info = f"{datetime.now():%b-%d %H:%M:%S} j_complete={self.jobs_complete} " + (
+            f"j_failed={self.jobs_failed} j_retried={self.jobs_retried} "
+            f"j_ongoing={len(self._running)} worker={self.id}"
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in self.queues:  # arq's health-check key, for `arq --check`
+            pipe.psetex(queue + ":health-check", ttl_ms + 1000, info)
+        await pipe.execute()
+        await self._recover()
+        if self._claim_failed:
+            await self._release_lost_claims()
+
+    async def _recover(self) -> None:
+        reply = await self._scripts["recover"](keys=[WORKERS_KEY], args=[self.id])
+        for i in range(0, len(reply), 2):
+            dead = reply[i].decode()
+            job_ids = [j.decode() for j in reply[i + 1]]
+            _log.warning(
+                logs.WORKER_RECOVERED,
+                worker_id=self.id,
+                dead_worker_id=dead,
+                job_ids=job_ids,
+                count=len(job_ids),
+            )
+            if job_ids:
+                self._wake.set()
+
+    async def _release_lost_claims(self) -> None:
+        """A claim whose reply was lost may have claimed jobs: hand back any job this
+        worker holds in Redis but is not running."""
+        self._claim_failed = False
+        members: set[bytes] = await self.redis.smembers(self._jobs_key)  # type: ignore[misc]
+        held = {m.decode() for m in members}
+        pending = {rec.args[1] for rec in self._pending}
+        lost = held - set(self._running) - pending
+        if not lost:
+            return
+        for job_id in lost:
+            self._pending.append(_Record("Q", Claimed("", job_id, 0, None, 0, False)))
+        self._have_pending.set()
+        _log.warning(logs.JOB_REQUEUED, worker_id=self.id, job_ids=sorted(lost), reason="lost")
+
+    async def _cron_loop(self) -> None:
+        window = max(self.poll_delay, 0.5)
+        while True:
+            try:
+                await self._run_cron(window * 2)
+            except Exception as exc:
+                _log.warning(logs.WORKER_CRON_FAILED, worker_id=self.id, error=repr(exc))
+            await asyncio.sleep(window)
+
+    async def _run_cron(self, ahead_s: float) -> None:
+        """Enqueue each cron job whose next run falls within ``ahead_s`` (as arq does: the
+        id names the run time, so workers that enqueue the same run write it once)."""
+        now = datetime.now().astimezone()
+        cutoff = now.timestamp() + ahead_s
+        due: list[Prepared] = []
+        now_ms = timestamp_ms()
+        for cron in self.cron_jobs:
+            if cron.next_run is None:
+                if cron.run_at_startup:
+                    cron.next_run = now
+                else:
+                    cron.calculate_next(now)
+                    continue
+            if cron.next_run.timestamp() < cutoff:
+                run_ms = to_unix_ms(cron.next_run)
+                job_id = cron.job_id or f"{cron.name}:{run_ms}"
+                score = max(run_ms, now_ms)
+                payload = serialize_job(cron.name, (), {}, None, now_ms)
+                due.append(
+                    Prepared(
+                        job_id,
+                        self.app.settings.queue_name,
+                        score,
+                        score - now_ms + EXPIRES_EXTRA_MS,
+                        payload,
+                        None,
+                        0,
+                    )
+                )
+                cron.calculate_next(cron.next_run)
+        if due:
+            await write_prepared(self.app, due, "cron jobs were not")
+
+
+def decode_payload(
+    raw: bytes,
+) -> tuple[str, list[Any], dict[str, Any], int | None, int] | str:
+    """(name, args, kwargs, enqueued try, enqueue time ms) of arq's JSON payload, or a
+    string saying what is wrong with it. Only JSON is read; nothing else is executed."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        return f"not a JSON job payload ({type(exc).__name__}: {str(exc)[:200]})"
+    if not isinstance(data, dict):
+        return f"payload is a JSON {type(data).__name__}, not an object"
+    name, args, kwargs = data.get("f"), data.get("a", []), data.get("k", {})
+    enqueue_try, enqueue_ms = data.get("t"), data.get("et", 0)
+    if not isinstance(name, str) or not name:
+        return "payload names no job (its 'f' is not a string)"
+    if not isinstance(args, list):
+        return f"payload's arguments ('a') are a {type(args).__name__}, not a list"
+    if not isinstance(kwargs, dict):
+        return f"payload's keyword arguments ('k') are a {type(kwargs).__name__}, not an object"
+    if enqueue_try is not None and (not isinstance(enqueue_try, int) or enqueue_try < 0):
+        return f"payload's try ('t') is {enqueue_try!r}, not a whole number"
+    if not isinstance(enqueue_ms, int) or isinstance(enqueue_ms, bool):
+        return f"payload's enqueue time ('et') is {enqueue_ms!r}, not milliseconds"
+    return name, args, kwargs, enqueue_try, enqueue_ms
+
+
+async def _wait_all_or(
+    tasks: list[asyncio.Task[None]], force: asyncio.Task[Any], grace: float
+) -> None:
+    """Wait until every task is done, ``force`` completes, or ``grace`` seconds pass."""
+    if grace <= 0:
+        return
+    everything = asyncio.ensure_future(asyncio.wait(tasks))
+    try:
+        await asyncio.wait([everything, force], timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        everything.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await everything

@@ -226,7 +226,7 @@ class Worker:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._aborting: set[str] = set()
         self._pending: list[_Record] = []
-        self._flushed = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._have_pending = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._stop = asyncio.Event()
@@ -325,12 +325,26 @@ class Worker:
             task.cancel()
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
-        await self._drain_pending()
+        # Bounded: if Redis is unreachable now, the registration expires and another
+        # worker hands back what is still held here (counted as a try).
+        bound = max(5.0, self.heartbeat * MISSED_BEATS)
+        try:
+            async with asyncio.timeout(bound):
+                await self._drain_pending()
+        except TimeoutError:
+            _log.error(
+                logs.WORKER_FINISH_FAILED,
+                worker_id=self.id,
+                error=f"outcomes not written within {bound}s",
+                unwritten=len(self._pending),
+            )
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         try:
-            await deregister(self.redis, self.id)
+            async with asyncio.timeout(bound):
+                if not self._pending:
+                    await deregister(self.redis, self.id)
         except Exception as exc:  # Redis is gone: the registration expires by itself
             _log.warning(logs.WORKER_DEREGISTER_FAILED, worker_id=self.id, error=repr(exc))
         if self.on_shutdown is not None:
@@ -648,27 +662,28 @@ class Worker:
             await self._flush()
 
     async def _flush(self) -> None:
-        failures = 0
-        while self._pending:
-            batch, self._pending = self._pending, []
-            args: list[Any] = [self.id]
-            for rec in batch:
-                args.extend(rec.args)
-            try:
-                await self._scripts["finish"](keys=[self._jobs_key], args=args)
-            except Exception as exc:
-                self._pending[:0] = batch
-                failures += 1
-                _log.warning(logs.WORKER_FINISH_FAILED, worker_id=self.id, error=repr(exc))
-                if self._force.is_set() and failures >= 3:
-                    return
-                await asyncio.sleep(min(1.0, 0.05 * 2**failures))
-        self._flushed.set()
+        """Write every outcome collected so far, one FINISH_LUA call per batch. One flush
+        at a time (the lock): a batch in flight is never cut off by a second caller."""
+        async with self._flush_lock:
+            failures = 0
+            while self._pending:
+                batch, self._pending = self._pending, []
+                args: list[Any] = [self.id]
+                for rec in batch:
+                    args.extend(rec.args)
+                try:
+                    await self._scripts["finish"](keys=[self._jobs_key], args=args)
+                except Exception as exc:
+                    self._pending[:0] = batch
+                    failures += 1
+                    _log.warning(logs.WORKER_FINISH_FAILED, worker_id=self.id, error=repr(exc))
+                    if self._force.is_set() and failures >= 3:
+                        return
+                    await asyncio.sleep(min(1.0, 0.05 * 2**failures))
 
     async def _drain_pending(self) -> None:
         """Write every outcome collected so far (at shutdown, and before a burst ends)."""
-        if self._pending:
-            await self._flush()
+        await self._flush()
 
     # -- heartbeat, recovery, cron -----------------------------------------
 

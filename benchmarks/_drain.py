@@ -44,7 +44,7 @@ async def fill(url: str, count: int, serializer: str, function: str = "noop") ->
 def main() -> None:
     kind, url, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     from arq.connections import RedisSettings
-    from arq.worker import Worker, create_worker, func
+    from arq.worker import Worker, func
 
     function = "exclusive_noop" if kind == "exclusive" else "noop"
     asyncio.run(fill(url, count, "pickle" if kind.startswith("arq") else "json", function))

@@ -42,14 +42,14 @@ from tests.corejobs import (
 pytestmark = pytest.mark.slow
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0) -> float:
+async def until(check: Callable[[], Awaitable[bool]], what: str, within: float = 30.0) -> float:
     """Poll ``check`` until true; return the seconds it took, or fail saying ``what``."""
     start = time.monotonic()
-    while time.monotonic() - start < timeout:
+    while time.monotonic() - start < within:
         if await check():
             return time.monotonic() - start
         await asyncio.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout}s")
+    raise AssertionError(f"{what}: not within {within}s")
 
 
 def events(worker: WorkerProcess, name: str) -> list[dict[str, Any]]:

@@ -9,15 +9,11 @@ stored, not lost to a serialization error.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
 # typeshed leaves out the C accelerator's names, which the json module does export.
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
-
-import structlog
-
-from . import logs
 
 
 def compact_encoder(
@@ -97,27 +93,3 @@ def deserialize(raw: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"payload is a JSON {type(data).__name__}, not an object")
     return data
-
-
-def worker_deserializer(known_jobs: Collection[str]) -> Callable[[bytes], dict[str, Any]]:
-    """A deserializer that logs and rejects payloads the worker cannot run.
-
-    arq catches the exception, records the job as failed and removes it from the
-    queue; the worker goes on. The ``job.dropped`` event says why.
-    """
-    log = structlog.get_logger("asyncjobs.worker")
-
-    def _deserialize(raw: bytes) -> dict[str, Any]:
-        try:
-            data = deserialize(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            log.error(logs.JOB_DROPPED, reason="invalid_payload", error=str(exc), size=len(raw))
-            raise
-        if "s" not in data:
-            name = data.get("f")
-            if name not in known_jobs:
-                log.error(logs.JOB_DROPPED, reason="unknown_job", job=name)
-                raise ValueError(f"no job named {name!r} is registered in this worker")
-        return data
-
-    return _deserialize

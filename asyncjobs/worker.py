@@ -1,16 +1,19 @@
-"""``arq asyncjobs.WorkerSettings``: an arq worker built from the registry.
+"""``arq asyncjobs.WorkerSettings``: arq's command, running asyncjobs' worker loop.
 
-arq reads a settings class through ``settings_cls.__dict__``, which holds only
-the class's own attributes and is read when the worker starts. WorkerSettings'
+arq's command builds arq's ``Worker`` from what ``settings_cls.__dict__`` holds
+(only a class's own attributes, read when the worker starts). WorkerSettings'
 metaclass answers that lookup with the merged attributes of the class and its
 bases plus what the environment says at that moment: the jobs registered by
-the modules in ``ASYNCJOBS_IMPORTS``, the Redis settings, the JSON serializer
-and the pool hooks. So ``arq asyncjobs.WorkerSettings`` works as it is, and a
-subclass can override any arq option (``max_jobs = 50``) or add
-``on_startup``/``on_shutdown`` hooks, which run after/before asyncjobs' own.
+the modules in ``ASYNCJOBS_IMPORTS``, the Redis settings, the JSON serializer.
+Its ``on_startup`` is :func:`_bridge`: arq's ``Worker`` connects, then hands
+the process to asyncjobs' own loop (:class:`asyncjobs.runner.Worker`, which
+says why it is not an arq subclass) for the worker's whole life. A subclass
+can set the options the loop reads (``max_jobs = 50``, ``queues``, ...) and
+``on_startup``/``on_shutdown`` hooks, which get the worker's context.
 
-Every job runs inside the execution wrapper: the App's server-middleware
-chain, with ``job.started`` / ``job.succeeded`` / ``job.failed`` events.
+Every job runs inside the execution wrapper (:mod:`asyncjobs.execution`): the
+App's server-middleware chain, with ``job.started`` / ``job.succeeded`` /
+``job.failed`` events.
 """
 
 from __future__ import annotations

@@ -338,7 +338,9 @@ async def test_cancelling_a_bulk_enqueue_leaves_only_whole_jobs(
             yield i
 
     task = asyncio.create_task(app.enqueue_many(record_args, slow_items(), batch_size=500))
-    await asyncio.sleep(0.05)
+    deadline = time.monotonic() + 30
+    while await redis.zcard("arq:queue") == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)  # cancel once a batch is written, midway through the rest
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

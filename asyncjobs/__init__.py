@@ -7,10 +7,20 @@ and run workers with ``arq asyncjobs.WorkerSettings``.
 from __future__ import annotations
 
 from . import flags
-from .app import App, enqueue, enqueue_many, enqueue_stream, get_app, reset_app, set_app
+from .app import (
+    App,
+    cancel,
+    enqueue,
+    enqueue_many,
+    enqueue_stream,
+    get_app,
+    reset_app,
+    set_app,
+)
 from .bulk import Args, BulkStats
 from .exceptions import (
     AsyncJobsError,
+    CancelError,
     ConfigurationError,
     DatabaseUnavailableError,
     DuplicateJobError,
@@ -19,6 +29,7 @@ from .exceptions import (
     InvalidOptionError,
     JobArgumentsError,
     JobDefinitionError,
+    JobFailed,
     JobSerializationError,
     MigrationError,
     RedisUnavailableError,
@@ -42,6 +53,7 @@ __all__ = [
     "AsyncJobsError",
     "Backoff",
     "BulkStats",
+    "CancelError",
     "ConfigurationError",
     "DatabaseUnavailableError",
     "DeadLetter",
@@ -53,6 +65,7 @@ __all__ = [
     "InvalidOptionError",
     "JobArgumentsError",
     "JobDefinitionError",
+    "JobFailed",
     "JobSerializationError",
     "JobSpec",
     "Middleware",
@@ -66,6 +79,7 @@ __all__ = [
     "UnknownJobError",
     "UnknownOptionError",
     "WorkerSettings",
+    "cancel",
     "configure_logging",
     "enqueue",
     "enqueue_many",

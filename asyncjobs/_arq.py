@@ -1,9 +1,19 @@
-"""What asyncjobs borrows from arq and redis-py beyond their public calls, in one place.
+"""Everything asyncjobs knows about arq's and redis-py's insides, in one module.
 
-Today: the worker's redis-py retry policy (which overrides redis-py's retry
-loop and reads its backoff) and arq's connection settings for a URL. The
-claim and finish scripts (:mod:`asyncjobs.claim`) take arq's key prefixes
-from ``arq.constants`` rather than repeating them.
+An arq or redis-py upgrade, or a move off arq, touches this file: no other
+module of the package imports ``arq`` or ``redis`` (a test checks), and
+``tests/test_arq_contract.py`` holds what is borrowed against the real thing:
+
+- arq's key names and its job and result formats (the constants below, from
+  ``arq.constants``; :func:`result_record` builds the record arq's ``Job``
+  reads);
+- arq's public classes asyncjobs hands out or takes (``Job``, ``ArqRedis``,
+  ``CronJob``, ``Retry``), re-exported here;
+- how arq's command reads ``WorkerSettings`` (:class:`EnvRedisSettings`, and
+  the ``on_startup`` hand-over in :mod:`asyncjobs.worker`);
+- redis-py's retry loop (:class:`ReconnectingRetry` overrides it and reads its
+  backoff) and its raw pooled connections, on which the enqueue sends commands
+  packed here in Redis's wire format (:func:`bulk_string`, :class:`RawCommand`).
 """
 
 from __future__ import annotations
@@ -15,16 +25,171 @@ from typing import Any
 
 import structlog
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import (
+    abort_jobs_ss,
+    default_queue_name,
+    expires_extra_ms,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.cron import CronJob
+from arq.cron import cron as arq_cron
+from arq.jobs import Job, JobStatus, serialize_result
+from arq.typing import WorkerCoroutine
+from arq.utils import ms_to_datetime, timestamp_ms, to_unix_ms
+from arq.worker import Function, Retry, func
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import logs
 from .serializer import deserialize, serialize
 from .settings import Settings
 
+__all__ = [
+    "ABORT_SET",
+    "DEFAULT_QUEUE",
+    "EXPIRES_EXTRA_MS",
+    "IN_PROGRESS_PREFIX",
+    "JOB_PREFIX",
+    "REDIS_UNAVAILABLE",
+    "RESULT_PREFIX",
+    "RETRY_PREFIX",
+    "ArqRedis",
+    "AsyncScript",
+    "ConnectionPool",
+    "CronJob",
+    "EnvRedisSettings",
+    "Function",
+    "Job",
+    "JobStatus",
+    "NoScriptError",
+    "RawCommand",
+    "Redis",
+    "RedisSettings",
+    "ResponseError",
+    "Retry",
+    "WorkerCoroutine",
+    "arq_cron",
+    "bulk_string",
+    "func",
+    "ms_to_datetime",
+    "timestamp_ms",
+    "to_unix_ms",
+]
+
+JOB_PREFIX: str = job_key_prefix
+"""``arq:job:<id>``: the job's JSON payload."""
+IN_PROGRESS_PREFIX: str = in_progress_key_prefix
+"""``arq:in-progress:<id>``: set while a worker runs the job."""
+RESULT_PREFIX: str = result_key_prefix
+"""``arq:result:<id>``: the job's outcome, while kept."""
+RETRY_PREFIX: str = retry_key_prefix
+"""``arq:retry:<id>``: how often the job was claimed (its tries)."""
+ABORT_SET: str = abort_jobs_ss
+"""``arq:abort``: ids of jobs to stop, scored by when that was asked."""
+DEFAULT_QUEUE: str = default_queue_name
+EXPIRES_EXTRA_MS: int = expires_extra_ms
+"""arq's default: a job not started within a day of its run time expires."""
+REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+"""What redis-py (and the socket under it) raise when Redis cannot be reached in time."""
+
 _log = structlog.get_logger("asyncjobs.worker")
+
+
+def result_record(
+    *,
+    job_id: str,
+    function: str,
+    args: Any,
+    kwargs: dict[str, Any],
+    job_try: int,
+    enqueue_ms: int,
+    success: bool,
+    result: Any,
+    start_ms: int,
+    queue: str,
+) -> bytes:
+    """A job's outcome in arq's result format (JSON), for ``arq:result:<id>``."""
+    return (
+        serialize_result(
+            function,
+            tuple(args),
+            kwargs,
+            job_try,
+            enqueue_ms,
+            success,
+            result,
+            start_ms,
+            timestamp_ms(),
+            f"{job_id}:{function}",
+            queue,
+            job_id,
+            serializer=serialize,
+        )
+        or b""
+    )
+
+
+def bulk_string(value: bytes) -> bytes:
+    """``value`` as one RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+class RawCommand:
+    """A command packed by us, sent on a connection taken from ``redis``'s pool, its
+    reply read later (so a bulk enqueue prepares its next batch meanwhile).
+
+    The connection is given back by :meth:`read` or :meth:`discard`; redis-py has
+    disconnected it already if sending or reading failed.
+    """
+
+    __slots__ = ("command", "conn", "redis")
+
+    def __init__(self, redis: Redis, conn: Any, command: bytes) -> None:
+        self.redis, self.conn, self.command = redis, conn, command
+
+    @classmethod
+    async def send(cls, redis: Redis, command: bytes) -> RawCommand:
+        """Take a pooled connection and send ``command`` on it."""
+        pool = redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(command)
+        except BaseException:
+            await pool.release(conn)
+            raise
+        return cls(redis, conn, command)
+
+    async def reply(self) -> Any:
+        """Read the reply (the connection stays taken: :meth:`resend` or :meth:`release`)."""
+        return await self.conn.read_response()
+
+    async def resend(self) -> None:
+        """Send the same command again on the same connection (after NOSCRIPT)."""
+        await self.conn.send_packed_command(self.command)
+
+    async def release(self) -> None:
+        """Give the connection back to the pool."""
+        await self.redis.connection_pool.release(self.conn)
+
+    async def discard(self) -> None:
+        """Close the connection (its unread reply must not reach its next user), give it back."""
+        await self.conn.disconnect(nowait=True)
+        await self.redis.connection_pool.release(self.conn)
+
+
+def pack_command(*args: Any) -> bytes:
+    """redis-py's own packing of a command, for comparing ours against (tests)."""
+    from redis.asyncio.connection import Connection
+
+    return b"".join(Connection().pack_command(*args))
 
 
 class ReconnectingRetry(RedisRetry):
@@ -75,6 +240,31 @@ class ReconnectingRetry(RedisRetry):
                 self.outage_since = None
                 _log.info(logs.REDIS_RECONNECTED, down_s=round(down_for, 3))
             return result
+
+
+class EnvRedisSettings(RedisSettings):
+    """arq's ``RedisSettings``, made by ``resolve()`` when arq first reads one of its fields.
+
+    ``WorkerSettings.redis_settings`` is one: arq's command reads it when the worker
+    starts, with the environment of that moment; importing asyncjobs, or ``vars()`` /
+    ``help()`` on the class, reads nothing.
+    """
+
+    def __init__(self, resolve: Callable[[], RedisSettings]) -> None:
+        object.__setattr__(self, "_resolve", resolve)
+        object.__setattr__(self, "_resolved", None)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("_"):
+            return object.__getattribute__(self, name)
+        resolved = object.__getattribute__(self, "_resolved")
+        if resolved is None:
+            resolved = object.__getattribute__(self, "_resolve")()
+            object.__setattr__(self, "_resolved", resolved)
+        return getattr(resolved, name)
+
+    def __repr__(self) -> str:
+        return "<RedisSettings from ASYNCJOBS_REDIS_URL, read when the worker starts>"
 
 
 def redis_settings(settings: Settings, retry: RedisRetry | None = None) -> RedisSettings:

@@ -24,13 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
-from arq.connections import ArqRedis
-from arq.jobs import Job
-from redis.asyncio import ConnectionPool
-from redis.commands.core import AsyncScript
 
 from . import flags as flags_module
 from . import logs
+from ._arq import ArqRedis, AsyncScript, ConnectionPool, Job
 from .enqueue import ENQUEUE_LUA, ENQUEUE_UNIQUE_LUA, split_options, write_job
 from .exceptions import DatabaseUnavailableError
 from .jobs import Registry, default_registry
@@ -40,6 +37,7 @@ from .serializer import deserialize, serialize
 from .settings import Settings, redact
 
 if TYPE_CHECKING:
+    from ._cancel import CancelResult
     from .bulk import BulkStats
     from .reconcilers import ReconcilerRegistry
 
@@ -239,6 +237,22 @@ class App:
 
         return enqueue_stream(self, job, items, batch_size=batch_size, stats=stats, **options)
 
+    async def cancel(
+        self,
+        job_id: str,
+        *,
+        reason: str | None = None,
+        actor: str | None = None,
+        queue: str | None = None,
+    ) -> CancelResult:
+        """Cancel a job: a queued or deferred one is removed, a running one is stopped where
+        it runs within a second, neither retried nor dead-lettered. ``outcome`` of the
+        result says which, or ``"not_found"``/``"finished"``; see :mod:`asyncjobs._cancel`.
+        Raises :class:`CancelError` for a malformed id or an unreachable Redis."""
+        from ._cancel import cancel
+
+        return await cancel(self, job_id, reason=reason, actor=actor, queue=queue)
+
     async def migrate(self) -> list[str]:
         """Apply the runtime's pending schema migrations; returns the names applied."""
         from .schema import migrate
@@ -316,3 +330,10 @@ def enqueue_stream(
 ) -> AsyncIterator[list[Job | None]]:
     """:meth:`App.enqueue_stream` on the default App."""
     return get_app().enqueue_stream(job, items, batch_size=batch_size, **options)
+
+
+async def cancel(
+    job_id: str, *, reason: str | None = None, actor: str | None = None, queue: str | None = None
+) -> CancelResult:
+    """:meth:`App.cancel` on the default App."""
+    return await get_app().cancel(job_id, reason=reason, actor=actor, queue=queue)

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from arq.jobs import Job
 
 from . import logs
+from ._arq import Job
 from .enqueue import (
     NOT_UNIQUE,
     WRITTEN,
@@ -44,8 +44,7 @@ from .middleware import EnqueueRequest, compose
 from .serializer import deserialize
 
 if TYPE_CHECKING:
-    from arq.connections import ArqRedis
-
+    from ._arq import ArqRedis
     from .app import App
     from .jobs import JobSpec
 

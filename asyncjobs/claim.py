@@ -30,13 +30,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from arq.constants import (
-    abort_jobs_ss,
-    in_progress_key_prefix,
-    job_key_prefix,
-    result_key_prefix,
-    retry_key_prefix,
-)
+from ._arq import ABORT_SET, IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, RETRY_PREFIX
 
 WAKE_PREFIX = "asyncjobs:wake:"
 WORKERS_KEY = "asyncjobs:workers"
@@ -56,8 +50,8 @@ def wake_key(queue: str) -> str:
 
 # Lua sees arq's prefixes as these globals; the strings come from arq's own constants.
 _PREFIXES = f"""
-local JOB, IN_PROGRESS, RETRY, RESULT, ABORT = {job_key_prefix!r}, {in_progress_key_prefix!r},
-  {retry_key_prefix!r}, {result_key_prefix!r}, {abort_jobs_ss!r}
+local JOB, IN_PROGRESS, RETRY, RESULT, ABORT = {JOB_PREFIX!r}, {IN_PROGRESS_PREFIX!r},
+  {RETRY_PREFIX!r}, {RESULT_PREFIX!r}, {ABORT_SET!r}
 local WAKE = {WAKE_PREFIX!r}
 """
 

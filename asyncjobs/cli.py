@@ -203,6 +203,20 @@ def jobs_enable(job_name: str, reason: str | None, actor: str | None) -> None:
     _switch_job(job_name, False, actor, reason)
 
 
+@jobs.command("cancel")
+@click.argument("job_id")
+@click.option("--reason", "-r", help="Why; logged with job.cancelled and kept beside the job.")
+@_actor
+@click.option("--queue", help="The queue the job waits in (default: every queue the jobs name).")
+def jobs_cancel(job_id: str, reason: str | None, actor: str | None, queue: str | None) -> None:
+    """Cancel JOB_ID: a queued or deferred job is removed; a running one is stopped where it
+    runs (not retried, not dead-lettered). Exits 1 if no such job is queued or running."""
+    result = _with_app(lambda app: app.cancel(job_id, reason=reason, actor=actor, queue=queue))
+    click.echo(str(result))
+    if result.outcome in ("not_found", "finished"):
+        sys.exit(1)
+
+
 @main.group()
 def flags() -> None:
     """Raw feature flags (a flag that is ON is enabled; disable_<job> ON stops <job>)."""

@@ -26,14 +26,22 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
-from arq.constants import job_key_prefix, result_key_prefix
-from arq.jobs import Job
-from arq.utils import timestamp_ms, to_unix_ms
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import logs
+from ._arq import (
+    EXPIRES_EXTRA_MS,
+    JOB_PREFIX,
+    REDIS_UNAVAILABLE,
+    RESULT_PREFIX,
+    AsyncScript,
+    Job,
+    NoScriptError,
+    RawCommand,
+    ResponseError,
+    bulk_string,
+    timestamp_ms,
+    to_unix_ms,
+)
 from .claim import WAKE_PREFIX
 from .exceptions import (
     EnqueueError,
@@ -48,9 +56,6 @@ from .serializer import compact_encoder, deserialize
 from .uniqueness import unique_key
 
 if TYPE_CHECKING:
-    from arq.connections import ArqRedis
-    from redis.commands.core import AsyncScript
-
     from .app import App
     from .jobs import JobSpec
     from .middleware import EnqueueRequest
@@ -69,8 +74,6 @@ ENQUEUE_OPTIONS = frozenset(
 )
 """The keyword options ``enqueue()`` takes: arq's ``enqueue_job`` options, and jitter."""
 
-EXPIRES_EXTRA_MS = 86_400_000
-"""arq's default: a job not started within a day of its run time expires."""
 
 _log = structlog.get_logger("asyncjobs.enqueue")
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
@@ -350,16 +353,10 @@ def _jitter_seconds(options: dict[str, Any]) -> float:
     return random.uniform(low, high)
 
 
-_JOB_KEYS = (
-    b"$%d\r\n" + job_key_prefix.encode() + b"%b\r\n$%d\r\n" + result_key_prefix.encode() + b"%b\r\n"
-)
-_JOB_KEYS_EXTRA = (len(job_key_prefix.encode()), len(result_key_prefix.encode()))
+_JOB_KEYS = b"$%d\r\n" + JOB_PREFIX.encode() + b"%b\r\n$%d\r\n" + RESULT_PREFIX.encode() + b"%b\r\n"
+_JOB_KEYS_EXTRA = (len(JOB_PREFIX.encode()), len(RESULT_PREFIX.encode()))
 _JOB_ARGS = b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 _queue_resp: dict[str, bytes] = {}
-
-
-def _bulk_string(value: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
 def pack_enqueue(sha: str, jobs: list[Prepared]) -> bytes:
@@ -379,7 +376,7 @@ def pack_enqueue(sha: str, jobs: list[Prepared]) -> bytes:
         if queue is None:
             if len(_queue_resp) >= 1000:  # queue names made per tenant, say: stay bounded
                 _queue_resp.clear()
-            queue = _queue_resp[job.queue] = _bulk_string(job.queue.encode())
+            queue = _queue_resp[job.queue] = bulk_string(job.queue.encode())
         expires = b"%d" % job.expires_ms
         score = b"%d" % job.score
         payload = job.payload
@@ -390,65 +387,58 @@ def pack_enqueue(sha: str, jobs: list[Prepared]) -> bytes:
             % (len(expires), expires, len(score), score, len(payload), payload, size, job_id)
         )
         if unique:
-            keys.append(_bulk_string((job.unique_key or "").encode()))
-            argv.append(_bulk_string(b"%d" % job.unique_ms))
+            keys.append(bulk_string((job.unique_key or "").encode()))
+            argv.append(bulk_string(b"%d" % job.unique_ms))
     per_job_keys, per_job_args = (4, 5) if unique else (3, 4)
     key_count = b"%d" % (per_job_keys * len(jobs))
     head = b"*%d\r\n$7\r\nEVALSHA\r\n%b%b" % (
         3 + (per_job_keys + per_job_args) * len(jobs),
-        _bulk_string(sha.encode()),
-        _bulk_string(key_count),
+        bulk_string(sha.encode()),
+        bulk_string(key_count),
     )
     return b"".join((head, *keys, *argv))
 
 
 class SentWrite:
-    """An enqueue's EVALSHA, sent on a pooled connection; :meth:`read` its reply once.
+    """An enqueue's EVALSHA, sent; :meth:`read` its reply once, or :meth:`discard` it.
 
     Sending and reading are separate so that a bulk enqueue prepares its next
-    batch while Redis runs this one. The connection is given back by
-    :meth:`read` or, when the reply will not be read, by :meth:`discard`.
+    batch while Redis runs this one.
     """
 
-    __slots__ = ("app", "command", "conn", "redis", "script", "what")
+    __slots__ = ("app", "raw", "script", "what")
 
-    def __init__(
-        self, app: App, redis: ArqRedis, conn: Any, command: bytes, script: AsyncScript, what: str
-    ) -> None:
-        self.app, self.redis, self.conn = app, redis, conn
-        self.command, self.script, self.what = command, script, what
+    def __init__(self, app: App, raw: RawCommand, script: AsyncScript, what: str) -> None:
+        self.app, self.raw, self.script, self.what = app, raw, script, what
 
     async def read(self) -> list[int]:
         """Per job WRITTEN, DUPLICATE_ID or NOT_UNIQUE; waits at most ``redis_timeout``.
 
         Loads the script and sends the command again if Redis answers NOSCRIPT.
         """
-        conn, pool = self.conn, self.redis.connection_pool
+        raw = self.raw
         try:
             async with asyncio.timeout(self.app.settings.redis_timeout):
                 try:
                     try:
-                        codes: list[int] = await conn.read_response()
+                        codes: list[int] = await raw.reply()
                         return codes
                     except NoScriptError:
                         pass
-                    await self.redis.script_load(self.script.script)
-                    await conn.send_packed_command(self.command)
-                    codes = await conn.read_response()
+                    await raw.redis.script_load(self.script.script)
+                    await raw.resend()
+                    codes = await raw.reply()
                     return codes
                 finally:
-                    # redis-py has disconnected the connection if sending or reading failed.
-                    await pool.release(conn)
-        except _UNAVAILABLE as exc:
+                    await raw.release()
+        except REDIS_UNAVAILABLE as exc:
             raise _unavailable(self.app, self.what, exc) from exc
         except ResponseError as exc:  # the script checks first, so nothing was written
             raise EnqueueError(f"Redis refused the write ({exc}); {self.what} enqueued") from exc
 
     async def discard(self) -> None:
-        """Give the connection back without reading the reply (it is closed: the
-        reply would be read by the connection's next user)."""
-        await self.conn.disconnect(nowait=True)
-        await self.redis.connection_pool.release(self.conn)
+        """Give the connection back without reading the reply."""
+        await self.raw.discard()
 
 
 async def send_prepared(app: App, jobs: list[Prepared], what: str) -> SentWrite:
@@ -461,21 +451,12 @@ async def send_prepared(app: App, jobs: list[Prepared], what: str) -> SentWrite:
     script = await app.enqueue_script(unique=jobs[0].unique_key is not None)
     command = pack_enqueue(script.sha, jobs)
     redis = await app.redis()
-    pool = redis.connection_pool
     try:
         async with asyncio.timeout(app.settings.redis_timeout):
-            conn = await pool.get_connection()
-            try:
-                await conn.send_packed_command(command)
-            except BaseException:
-                await pool.release(conn)  # redis-py has disconnected it
-                raise
-    except _UNAVAILABLE as exc:
+            raw = await RawCommand.send(redis, command)
+    except REDIS_UNAVAILABLE as exc:
         raise _unavailable(app, what, exc) from exc
-    return SentWrite(app, redis, conn, command, script, what)
-
-
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+    return SentWrite(app, raw, script, what)
 
 
 def _unavailable(app: App, what: str, exc: BaseException) -> RedisUnavailableError:

@@ -16,7 +16,9 @@ Every error has one root, so ``except AsyncJobsError`` catches them all::
     ├── ServiceUnavailableError     a server could not be reached in time
     │   ├── RedisUnavailableError
     │   └── DatabaseUnavailableError
-    └── MigrationError              the runtime's schema could not be applied
+    ├── MigrationError              the runtime's schema could not be applied
+    ├── JobFailed                   a job's stored outcome: it raised (``job.result()``)
+    └── CancelError                 ``cancel()`` could not act on that job id
 
 A class's docstring is its default message. Errors from redis-py and asyncpg
 are translated at the boundary (``raise ... from exc``), so the driver's own
@@ -87,3 +89,21 @@ class DatabaseUnavailableError(ServiceUnavailableError):
 
 class MigrationError(AsyncJobsError):
     """The asyncjobs schema could not be applied to the database."""
+
+
+class JobFailed(AsyncJobsError):
+    """The job failed.
+
+    What arq's ``job.result()`` raises for a job that failed for good: its
+    ``error_class`` (the exception's class name, e.g. ``"ValueError"``) and
+    ``message``. Rebuilt from the stored JSON, never unpickled.
+    """
+
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(f"{error_class}: {message}" if message else error_class)
+        self.error_class = error_class
+        self.message = message
+
+
+class CancelError(AsyncJobsError):
+    """The job could not be cancelled: a malformed id, or Redis unreachable; nothing changed."""

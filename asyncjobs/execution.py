@@ -16,10 +16,9 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import structlog
-from arq.typing import WorkerCoroutine
-from arq.worker import Retry
 
 from . import logs
+from ._arq import Retry, WorkerCoroutine
 from .app import App
 from .jobs import JobSpec
 from .middleware import ExecutionRequest, compose
@@ -124,8 +123,7 @@ def executor(spec: JobSpec, app: App, *, dead_letters: bool = True) -> WorkerCor
         try:
             async with asyncio.timeout(timeout):
                 result = await run(ExecutionRequest(app, spec, ctx, args, kwargs))
-        except asyncio.CancelledError:  # shutdown or abort, not a failure of the job
-            log.warning(logs.JOB_CANCELLED, **about, duration_ms=_ms_since(start))
+        except asyncio.CancelledError:  # a cancel or a shutdown: the worker says which
             raise
         except _Locked as locked:
             log.info(

@@ -37,10 +37,9 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from arq.cron import CronJob
-from arq.cron import cron as arq_cron
 
 from . import logs
+from ._arq import CronJob, arq_cron
 from .bulk import Args, BulkStats
 from .exceptions import JobDefinitionError
 from .jobs import JobSpec, Registry, build_spec, default_registry, to_seconds

@@ -31,8 +31,7 @@ import structlog
 from .exceptions import AsyncJobsError
 
 if TYPE_CHECKING:
-    from arq.jobs import Job
-
+    from ._arq import Job
     from .app import App
 
 _log = structlog.get_logger("asyncjobs.retries")
@@ -335,10 +334,8 @@ def retried_dead_letter(job_id: str | None) -> int | None:
 
 async def _write_raw(app: App, letter: DeadLetter, job_id: str) -> Job | None:
     """Put a dead letter's payload back in its queue, unchanged, under ``job_id``."""
-    from arq.jobs import Job
-    from arq.utils import timestamp_ms
-
-    from .enqueue import EXPIRES_EXTRA_MS, WRITTEN, Prepared, write_prepared
+    from ._arq import EXPIRES_EXTRA_MS, Job, timestamp_ms
+    from .enqueue import WRITTEN, Prepared, write_prepared
     from .serializer import deserialize
 
     assert letter.payload is not None

@@ -43,16 +43,24 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from arq.connections import ArqRedis
-from arq.constants import retry_key_prefix
-from arq.cron import CronJob
-from arq.jobs import serialize_result
-from arq.utils import ms_to_datetime, timestamp_ms, to_unix_ms
-from arq.worker import Retry
-from redis.commands.core import AsyncScript
 
 from . import logs
-from ._arq import ReconnectingRetry, worker_redis
+from ._arq import (
+    ABORT_SET,
+    EXPIRES_EXTRA_MS,
+    RETRY_PREFIX,
+    ArqRedis,
+    AsyncScript,
+    CronJob,
+    ReconnectingRetry,
+    Retry,
+    ms_to_datetime,
+    result_record,
+    timestamp_ms,
+    to_unix_ms,
+    worker_redis,
+)
+from ._cancel import CANCEL_INFO_PREFIX
 from .app import App
 from .claim import (
     CLAIM_LUA,
@@ -64,7 +72,7 @@ from .claim import (
     parse_claim,
     wake_key,
 )
-from .enqueue import EXPIRES_EXTRA_MS, Prepared, serialize_job, write_prepared
+from .enqueue import Prepared, serialize_job, write_prepared
 from .execution import executor, job_timeout
 from .jobs import JobSpec
 from .liveness import (
@@ -75,7 +83,6 @@ from .liveness import (
     registration,
     worker_jobs_key,
 )
-from .serializer import serialize
 
 _log = structlog.get_logger("asyncjobs.worker")
 
@@ -87,6 +94,10 @@ SCAN_MAX = 10_000
 """The most queue entries one claim looks at per queue (running jobs stay in the queue)."""
 CRON_KEEP_IN_PROGRESS_MS = 60_000
 """arq keeps a finished cron job's in-progress key this long, so no worker runs it twice."""
+CANCELLED_RESULT_MS = 60_000
+"""A cancelled job's result is kept at least this long, for arq's ``job.abort()``."""
+ABORT_CHECK_S = 0.25
+"""How often a worker looks in arq's abort set for running jobs to cancel."""
 DEAD_LETTER_LATER_S = 60.0
 """A job that should go to the dead letters while PostgreSQL is down waits this long."""
 
@@ -168,6 +179,51 @@ class _Record:
 
     def __init__(self, op: str, job: Claimed, n1: int = 0, n2: int = 0, result: bytes = b""):
         self.args = (op, job.job_id, job.queue, n1, n2, result)
+
+
+class _Outcome:
+    """How a claimed job ended, as its FINISH_LUA record (with arq's result record)."""
+
+    __slots__ = ("args", "enqueue_ms", "function", "job", "job_try", "kwargs", "name", "start")
+
+    def __init__(
+        self,
+        job: Claimed,
+        function: Runnable,
+        name: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        job_try: int,
+        enqueue_ms: int,
+    ) -> None:
+        self.job, self.function, self.name = job, function, name
+        self.args, self.kwargs, self.job_try, self.enqueue_ms = args, kwargs, job_try, enqueue_ms
+        self.start = timestamp_ms()
+
+    def finished(self, success: bool, result: Any, keep_ms: int | None = None) -> _Record:
+        keep = self.function.keep_result_ms if keep_ms is None else keep_ms
+        data = b""
+        if keep:
+            data = result_record(
+                job_id=self.job.job_id,
+                function=self.name,
+                args=self.args,
+                kwargs=self.kwargs,
+                job_try=self.job_try,
+                enqueue_ms=self.enqueue_ms,
+                success=success,
+                result=result,
+                start_ms=self.start,
+                queue=self.job.queue,
+            )
+        return _Record("F", self.job, keep, self.function.keep_in_progress_ms, data)
+
+    def cancelled(self) -> _Record:
+        """Finished, neither retried nor dead; its CancelledError result is kept at least a
+        minute, so arq's ``job.abort()`` sees that the job stopped."""
+        keep = self.function.keep_result_ms
+        keep = -1 if keep < 0 else max(keep, CANCELLED_RESULT_MS)
+        return self.finished(False, asyncio.CancelledError("cancelled"), keep)
 
 
 class Worker:
@@ -272,6 +328,7 @@ class Worker:
                 asyncio.create_task(self._flush_loop(), name="asyncjobs.flush"),
                 asyncio.create_task(self._heartbeat_loop(), name="asyncjobs.heartbeat"),
             ]
+            self._background.append(asyncio.create_task(self._abort_loop(), name="asyncjobs.abort"))
             if self.cron_jobs:
                 cron = asyncio.create_task(self._cron_loop(), name="asyncjobs.cron")
                 self._background.append(cron)
@@ -484,35 +541,16 @@ class Worker:
             return
         name, args, kwargs, enqueue_try, enqueue_ms = decoded
         function = self.functions.get(name)
-        if function is None:
-            await self._unrunnable(
-                job,
-                record,
-                "unknown_job",
-                f"no job named {name!r} is registered in this worker",
-                name=name,
-                args=args,
-                kwargs=kwargs,
-            )
+        problem = self._cannot_run(name, function, args, kwargs)
+        if problem is not None:
+            reason, error = problem
+            await self._unrunnable(job, record, reason, error, name=name, args=args, kwargs=kwargs)
             return
-        if function.spec is not None and function.cron is None:
-            try:
-                function.spec.bind(tuple(args), kwargs)
-            except TypeError as exc:
-                await self._unrunnable(
-                    job,
-                    record,
-                    "bad_arguments",
-                    f"arguments do not fit job {name!r}{function.spec.signature}: {exc}",
-                    name=name,
-                    args=args,
-                    kwargs=kwargs,
-                )
-                return
+        assert function is not None
         job_try = job.job_try
         if enqueue_try is not None and enqueue_try > job_try:
             job_try = enqueue_try
-            await self.redis.setex(retry_key_prefix + job.job_id, RETRY_KEY_TTL_S, str(job_try))
+            await self.redis.setex(RETRY_PREFIX + job.job_id, RETRY_KEY_TTL_S, str(job_try))
         if function.max_tries is not None and job_try > function.max_tries:
             await self._unrunnable(
                 job,
@@ -526,7 +564,12 @@ class Worker:
                 tries=job_try - 1,
             )
             return
-        start_ms = timestamp_ms()
+        outcome = _Outcome(job, function, name, args, kwargs, job_try, enqueue_ms)
+        if job.aborted:  # arq's abort (or a cancel) reached it before it started
+            await self._log_cancelled(job.job_id, name, started=False)
+            self.jobs_failed += 1
+            record(outcome.cancelled())
+            return
         ctx = {
             **self.ctx,
             "job_id": job.job_id,
@@ -541,75 +584,32 @@ class Worker:
             record(_Record("R", job, timestamp_ms() + (exc.defer_score or 0)))
             return
         except asyncio.CancelledError:
-            if job.job_id in self._aborting:
-                self._aborting.discard(job.job_id)
-                self.jobs_failed += 1
-                record(
-                    self._finished(
-                        job,
-                        function,
-                        name,
-                        args,
-                        kwargs,
-                        job_try,
-                        enqueue_ms,
-                        start_ms,
-                        False,
-                        asyncio.CancelledError("aborted"),
-                    )
-                )
-                return
-            raise
-        except Exception as exc:
+            if job.job_id not in self._aborting:
+                raise  # a shutdown: _execute hands the job back
+            self._aborting.discard(job.job_id)
             self.jobs_failed += 1
-            record(
-                self._finished(
-                    job, function, name, args, kwargs, job_try, enqueue_ms, start_ms, False, exc
-                )
-            )
+            record(outcome.cancelled())
+            return
+        except Exception as exc:  # the wrapper logged it and wrote any dead letter
+            self.jobs_failed += 1
+            record(outcome.finished(False, exc))
             return
         self.jobs_complete += 1
-        record(
-            self._finished(
-                job, function, name, args, kwargs, job_try, enqueue_ms, start_ms, True, result
-            )
-        )
+        record(outcome.finished(True, result))
 
-    def _finished(
-        self,
-        job: Claimed,
-        function: Runnable,
-        name: str,
-        args: list[Any],
-        kwargs: dict[str, Any],
-        job_try: int,
-        enqueue_ms: int,
-        start_ms: int,
-        success: bool,
-        result: Any,
-    ) -> _Record:
-        keep = function.keep_result_ms
-        data = b""
-        if keep:
-            data = (
-                serialize_result(
-                    name,
-                    tuple(args),
-                    kwargs,
-                    job_try,
-                    enqueue_ms,
-                    success,
-                    result,
-                    start_ms,
-                    timestamp_ms(),
-                    f"{job.job_id}:{name}",
-                    job.queue,
-                    job.job_id,
-                    serializer=serialize,
-                )
-                or b""
-            )
-        return _Record("F", job, keep, function.keep_in_progress_ms, data)
+    def _cannot_run(
+        self, name: str, function: Runnable | None, args: list[Any], kwargs: dict[str, Any]
+    ) -> tuple[str, str] | None:
+        """(reason, error) when the payload names no job here or its arguments do not fit."""
+        if function is None:
+            return "unknown_job", f"no job named {name!r} is registered in this worker"
+        if function.spec is not None and function.cron is None:
+            try:
+                function.spec.bind(tuple(args), kwargs)
+            except TypeError as exc:
+                signature = function.spec.signature
+                return "bad_arguments", f"arguments do not fit job {name!r}{signature}: {exc}"
+        return None
 
     async def _unrunnable(
         self,
@@ -652,6 +652,48 @@ class Worker:
         self.jobs_failed += 1
         _log.error(logs.JOB_DEAD, **about, dead_letter_id=dead_id, error=error)
         record(_Record("F", job))
+
+    # -- cancelling ----------------------------------------------------------
+
+    async def _abort_loop(self) -> None:
+        """Cancel running jobs named in arq's abort set (``cancel()``, arq's ``abort()``)."""
+        while True:
+            await asyncio.sleep(ABORT_CHECK_S)
+            if not self._running:
+                continue
+            try:
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.zrange(ABORT_SET, 0, -1)
+                # ids left by cancels of jobs that had finished meanwhile
+                pipe.zremrangebyscore(ABORT_SET, "-inf", timestamp_ms() - CANCELLED_RESULT_MS)
+                ids, _ = await pipe.execute()
+                mine = [i.decode() for i in ids if i.decode() in self._running]
+                if mine:
+                    await self.redis.zrem(ABORT_SET, *mine)
+            except Exception as exc:
+                _log.warning(logs.WORKER_CLAIM_FAILED, worker_id=self.id, error=repr(exc))
+                continue
+            for job_id in mine:
+                task = self._running.get(job_id)
+                if task is not None and not task.done():
+                    self._aborting.add(job_id)
+                    await self._log_cancelled(job_id, None, started=True)
+                    task.cancel()
+
+    async def _log_cancelled(self, job_id: str, name: str | None, *, started: bool) -> None:
+        who: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            raw = await self.redis.get(CANCEL_INFO_PREFIX + job_id)
+            who = json.loads(raw) if raw else {}
+        _log.info(
+            logs.JOB_CANCELLED,
+            job=name,
+            job_id=job_id,
+            worker_id=self.id,
+            running=started,
+            actor=who.get("actor"),
+            reason=who.get("reason"),
+        )
 
     # -- writing outcomes back ---------------------------------------------
 

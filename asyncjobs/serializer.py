@@ -8,12 +8,15 @@ stored, not lost to a serialization error.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
 # typeshed leaves out the C accelerator's names, which the json module does export.
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
+
+from .exceptions import JobFailed
 
 
 def compact_encoder(
@@ -88,8 +91,27 @@ def serialize(data: dict[str, Any]) -> bytes:
 
 
 def deserialize(raw: bytes) -> dict[str, Any]:
-    """arq's ``job_deserializer`` for clients: plain JSON."""
+    """arq's ``job_deserializer``: plain JSON.
+
+    In a result record of a failed job, the stored exception (``{"error": class
+    name, "message": ...}``) becomes an exception again, so arq's ``job.result()``
+    raises it: :class:`~asyncjobs.JobFailed` carrying both, or
+    ``asyncio.CancelledError`` for a cancelled (aborted) job, which is what arq's
+    ``job.abort()`` waits for. Nothing is unpickled or imported.
+    """
     data = json.loads(raw)
     if not isinstance(data, dict):
         raise ValueError(f"payload is a JSON {type(data).__name__}, not an object")
+    if data.get("s") is False:
+        data["r"] = _failure(data.get("r"))
     return data
+
+
+def _failure(stored: Any) -> BaseException:
+    if isinstance(stored, dict) and isinstance(stored.get("error"), str):
+        error, message = stored["error"], str(stored.get("message", ""))
+    else:  # arq's own text for a result it could not serialize, or anything else
+        error, message = "JobFailed", str(stored)
+    if error == "CancelledError":
+        return asyncio.CancelledError(message)
+    return JobFailed(error, message)

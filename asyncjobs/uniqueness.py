@@ -42,8 +42,7 @@ from typing import TYPE_CHECKING, Any
 from .naming import stable_digest
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
+    from ._arq import Redis
     from .jobs import JobSpec
 
 UNIQUE_PREFIX = "asyncjobs:unique:"

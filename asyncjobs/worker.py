@@ -23,14 +23,21 @@ import dataclasses
 import importlib
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import structlog
-from arq.worker import Function, func
 
 from . import logs
-from ._arq import ReconnectingRetry, redis_settings
+from ._arq import (
+    EnvRedisSettings,
+    Function,
+    ReconnectingRetry,
+    RedisSettings,
+    func,
+    redis_settings,
+)
 from .app import App, get_app
 from .exceptions import ConfigurationError
 from .runner import Worker
@@ -67,63 +74,36 @@ def import_job_modules(modules: tuple[str, ...]) -> None:
             ) from exc
 
 
-def _placeholder_functions(app: App) -> list[Function]:
-    """What arq's ``Worker`` is given as functions: it needs at least one and lists them
-    at start; the jobs themselves run in asyncjobs' loop (:mod:`asyncjobs.runner`)."""
-
-    async def never_called(ctx: dict[str, Any]) -> None:  # pragma: no cover
-        raise RuntimeError("arq's own loop does not run asyncjobs' jobs")
-
-    names = sorted(app.registry.names() | {rec.name for rec in app.reconcilers})
-    return [func(never_called, name=name) for name in names]
+async def _never_called(ctx: dict[str, Any]) -> None:  # pragma: no cover
+    raise RuntimeError("arq's own loop does not run asyncjobs' jobs")
 
 
-_WORKER_OPTIONS = ("max_jobs", "poll_delay", "queues", "heartbeat", "shutdown_grace")
-_SETTINGS_OPTIONS = {"queue_name": "queue_name", "job_timeout": "job_timeout"}
+_PLACEHOLDER = func(_never_called, name="asyncjobs")
+"""What arq's ``Worker`` is given as its functions (it wants at least one): asyncjobs'
+loop runs the jobs."""
+
+_LOOP_OPTIONS = ("max_jobs", "poll_delay", "queues", "heartbeat", "shutdown_grace")
+_SETTINGS_OPTIONS = ("queue_name", "job_timeout", "keep_result")
 
 
-def _bridge(
-    app: App, retry: ReconnectingRetry, own: dict[str, Any]
-) -> Callable[[dict[str, Any]], Awaitable[None]]:
-    """arq's ``on_startup``: run asyncjobs' loop (:class:`asyncjobs.runner.Worker`) for
-    the worker's whole life, then end arq's main task so its own loop never polls."""
-    on_startup = own.pop("on_startup", None)
-    on_shutdown = own.pop("on_shutdown", None)
-    extra_cron = list(own.pop("cron_jobs", None) or ())
-    options = {k: own[k] for k in _WORKER_OPTIONS if own.get(k) is not None}
-
-    async def run_asyncjobs_worker(ctx: dict[str, Any]) -> None:
-        worker = Worker(
-            app,
-            redis=ctx["redis"],
-            retry=retry,
-            ctx=ctx,
-            on_startup=on_startup,
-            on_shutdown=on_shutdown,
-            extra_cron=extra_cron,
-            **options,
-        )
-        try:
-            await worker.run()
-        finally:
-            try:
-                await app.close()
-            except Exception as exc:
-                _log.error(logs.HOOK_FAILED, hook="app.close", error=repr(exc), exc_info=exc)
-        # arq's Worker.run() takes a cancelled main task for a normal stop, then closes.
-        raise asyncio.CancelledError
-
-    return run_asyncjobs_worker
+@dataclass(slots=True)
+class _Preflight:
+    app: App
+    retry: ReconnectingRetry
+    redis: RedisSettings
 
 
-def resolve_worker_options(own: dict[str, Any]) -> dict[str, Any]:
-    """arq Worker keyword arguments that run asyncjobs' loop, configured from the
-    environment and then ``own`` (a settings subclass's attributes).
+_preflight: _Preflight | None = None
 
-    A misconfiguration is logged (``worker.misconfigured``) and raised; a worker
-    process then exits with status 1 without printing a traceback (it does with
-    ``ASYNCJOBS_LOG_LEVEL=debug``).
-    """
+
+def preflight() -> _Preflight:
+    """Configure this worker process from the environment, once: logging (every log
+    line through structlog), the job modules, the default App; check that Redis
+    answers. A misconfiguration is logged (``worker.misconfigured``) and raised, marked
+    so that the process exits with status 1 and no traceback (one at debug level)."""
+    global _preflight
+    if _preflight is not None:
+        return _preflight
     try:
         settings = Settings.from_env()
     except ConfigurationError as exc:
@@ -142,55 +122,103 @@ def resolve_worker_options(own: dict[str, Any]) -> dict[str, Any]:
                 "no jobs are registered: set ASYNCJOBS_IMPORTS to the module(s) that define "
                 "your @job functions, e.g. ASYNCJOBS_IMPORTS=myapp.jobs"
             )
-        overrides = {
-            field: own[name]
-            for name, field in _SETTINGS_OPTIONS.items()
-            if own.get(name) is not None
-        }
-        if own.get("keep_result") is not None:
-            overrides["keep_result"] = float(own["keep_result"])
-        if overrides:
-            app.settings = dataclasses.replace(app.settings, **overrides)
         _probe(url, settings.redis_timeout)
     except ConfigurationError as exc:
         _log.error(logs.WORKER_MISCONFIGURED, error=str(exc))
         raise logs.already_logged(exc) from None
-    cfg = app.settings
     retry = ReconnectingRetry()
-    return {
-        "functions": _placeholder_functions(app),
-        "queue_name": cfg.queue_name,
-        "redis_settings": redis_settings(cfg, retry),
-        "job_serializer": serialize,
-        "job_deserializer": deserialize,
-        "on_startup": _bridge(app, retry, own),
-        # asyncjobs' loop installs its own handlers over arq's (which must exist, or arq's
-        # close() would log a shutdown line of its own).
-        "handle_signals": True,
-        "max_jobs": own.get("max_jobs") or cfg.max_jobs,
-        "job_timeout": cfg.job_timeout,
-    }
+    _preflight = _Preflight(app, retry, redis_settings(app.settings, retry))
+    return _preflight
 
 
-class _WorkerSettingsMeta(type):
-    @property  # type: ignore[misc]  # arq reads settings_cls.__dict__; see module docstring
-    def __dict__(cls) -> dict[str, Any]:  # type: ignore[override]
-        # See the module docstring: arq reads this mapping to build its Worker.
-        own: dict[str, Any] = {}
-        for klass in reversed(cls.__mro__):
-            real = type.__dict__["__dict__"].__get__(klass)
-            own.update({k: v for k, v in real.items() if not k.startswith("_")})
-        return resolve_worker_options(own)
+def _bridge(cls: type) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    """arq's ``on_startup`` for ``cls``: run asyncjobs' loop (:class:`asyncjobs.runner.Worker`)
+    for the worker's whole life, then end arq's main task so its own loop never polls."""
+
+    async def run_asyncjobs_worker(ctx: dict[str, Any]) -> None:
+        ready = preflight()
+        app = ready.app
+        overrides = {
+            name: getattr(cls, name)
+            for name in _SETTINGS_OPTIONS
+            if getattr(cls, name, None) is not None
+        }
+        if overrides:
+            app.settings = dataclasses.replace(app.settings, **overrides)
+        options = {k: getattr(cls, k) for k in _LOOP_OPTIONS if getattr(cls, k, None) is not None}
+        worker = Worker(
+            app,
+            redis=ctx["redis"],
+            retry=ready.retry,
+            ctx=ctx,
+            on_startup=getattr(cls, "user_on_startup", None),
+            on_shutdown=getattr(cls, "user_on_shutdown", None),
+            extra_cron=list(getattr(cls, "cron_jobs", None) or ()),
+            **options,
+        )
+        try:
+            await worker.run()
+        finally:
+            try:
+                await app.close()
+            except Exception as exc:
+                _log.error(logs.HOOK_FAILED, hook="app.close", error=repr(exc), exc_info=exc)
+        # arq's Worker.run() takes a cancelled main task for a normal stop, then closes.
+        raise asyncio.CancelledError
+
+    return run_asyncjobs_worker
 
 
-class WorkerSettings(metaclass=_WorkerSettingsMeta):
+class WorkerSettings:
     """Run a worker with ``arq asyncjobs.WorkerSettings``.
 
     Configured by ``ASYNCJOBS_*`` variables (``asyncjobs --help`` lists them);
-    jobs come from the modules in ``ASYNCJOBS_IMPORTS``. Subclass it to set any
-    of arq's Worker options, which win over the environment::
+    jobs come from the modules in ``ASYNCJOBS_IMPORTS``. A subclass may set
+    ``max_jobs``, ``poll_delay``, ``queues``, ``heartbeat``, ``shutdown_grace``,
+    ``job_timeout``, ``keep_result``, ``queue_name``, extra arq ``cron_jobs``, and
+    ``on_startup``/``on_shutdown`` hooks (they get the worker's context), which win
+    over the environment::
 
         class Settings(asyncjobs.WorkerSettings):
             max_jobs = 50
             async def on_startup(ctx): ...
+
+    How arq reads this class: its command builds arq's ``Worker`` from the class's
+    *own* attributes (``cls.__dict__``), so :meth:`__init_subclass__` gives every
+    subclass the attributes below that arq needs, and moves a subclass's own hooks
+    aside (``user_on_startup``) so that ``on_startup`` stays the hand-over to
+    asyncjobs' loop. Nothing here reads the environment until a worker starts:
+    ``redis_settings`` resolves ``ASYNCJOBS_REDIS_URL`` (and the checks of
+    :func:`preflight`) when arq first reads one of its fields.
     """
+
+    functions: ClassVar[list[Function]] = [_PLACEHOLDER]
+    redis_settings: ClassVar[RedisSettings] = EnvRedisSettings(lambda: preflight().redis)
+    job_serializer = staticmethod(serialize)
+    job_deserializer = staticmethod(deserialize)
+    # asyncjobs' loop installs its own signal handlers over arq's (which must exist, or
+    # arq's close() would log a shutdown line of its own).
+    handle_signals = True
+    on_startup: ClassVar[Callable[[dict[str, Any]], Awaitable[None]]]
+    user_on_startup: ClassVar[Callable[[dict[str, Any]], Awaitable[Any]] | None] = None
+    user_on_shutdown: ClassVar[Callable[[dict[str, Any]], Awaitable[Any]] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        for hook in ("on_startup", "on_shutdown"):
+            if hook in own:
+                value = own[hook]
+                setattr(cls, "user_" + hook, getattr(value, "__func__", value))
+        if "on_shutdown" in own:
+            delattr(cls, "on_shutdown")
+        for name in ("functions", "redis_settings", "handle_signals"):
+            if name not in own:
+                setattr(cls, name, getattr(cls, name))
+        for name in ("job_serializer", "job_deserializer"):
+            if name not in own:
+                setattr(cls, name, staticmethod(getattr(cls, name)))
+        cls.on_startup = staticmethod(_bridge(cls))
+
+
+WorkerSettings.on_startup = staticmethod(_bridge(WorkerSettings))

@@ -210,21 +210,20 @@ def _parse(name: str, raw: str, var: str) -> Any:
     return raw
 
 
-_ARQ_KEY_PREFIXES = ("arq:job:", "arq:in-progress:", "arq:result:", "arq:retry:")
-_RESERVED_KEYS = frozenset({"arq:abort"})
-
-
 def check_queue_name(name: str, what: str) -> None:
     """A :class:`ConfigurationError` naming ``what`` unless ``name`` can be a queue's key:
     not empty, no whitespace, and no key arq uses for something else (``arq:job:...``)."""
+    from ._arq import ABORT_SET, IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, RETRY_PREFIX
+
+    prefixes = (JOB_PREFIX, IN_PROGRESS_PREFIX, RESULT_PREFIX, RETRY_PREFIX)
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"{what} must not be empty")
     if any(ch.isspace() for ch in name):
         raise ConfigurationError(f"{what}: queue name {name!r} must not contain whitespace")
-    if name in _RESERVED_KEYS or name.startswith(_ARQ_KEY_PREFIXES):
+    if name == ABORT_SET or name.startswith(prefixes):
         raise ConfigurationError(
             f"{what}: queue name {name!r} would collide with arq's own keys "
-            f"({', '.join(_ARQ_KEY_PREFIXES)}...); pick another name, e.g. arq:queue:billing"
+            f"({', '.join(prefixes)}...); pick another name, e.g. arq:queue:billing"
         )
 
 

@@ -1,6 +1,6 @@
 """Run arq's own test suite with ``ArqRedis.enqueue_job`` replaced by asyncjobs' write path.
 
-Run from the repository root (PyPI must be reachable; takes a few minutes)::
+Run from the repository root (PyPI must be reachable; takes about a minute)::
 
     /work/venv/bin/python scripts/arq_suite.py [extra pytest arguments, e.g. -k defer]
 
@@ -14,9 +14,10 @@ prints both summaries and the tests that fail only with the substitution.
 
 The substitute takes the job id, queue, score, TTL and the write itself (one Lua call,
 refusing an id whose job or result exists) from asyncjobs, on the test's own ArqRedis.
-Only the payload bytes differ: they are made by the ArqRedis's own ``job_serializer``
-(pickle unless the test chose another), because asyncjobs' JSON payload cannot be read
-by arq's default pickle deserializer, which would measure the format, not the write path.
+The payload bytes alone are arq's: the ArqRedis's own ``job_serializer`` (pickle unless
+the test chose another) with asyncjobs' enqueue time, because arq's tests and worker read
+payloads with that deserializer, so asyncjobs' JSON would measure the format, not the write.
+Never touches the Redis on port 6379 (arq's fixtures FLUSHALL the Redis they are given).
 """
 
 from __future__ import annotations

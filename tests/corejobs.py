@@ -62,3 +62,13 @@ async def fails_twice(ctx: dict[str, Any], n: int) -> None:
 async def count_once(ctx: dict[str, Any], n: int) -> None:
     """Counts how often each n ran, in the hash ``counts``."""
     await ctx["redis"].hincrby("counts", str(n), 1)
+
+
+@asyncjobs.job
+async def cancellable(ctx: dict[str, Any], n: int) -> None:
+    """Runs for an hour unless cancelled; records that it started and that it stopped."""
+    await ctx["redis"].rpush("cancellable-started", n)
+    try:
+        await asyncio.sleep(3600)
+    finally:
+        await ctx["redis"].rpush("cancellable-stopped", n)

@@ -1,0 +1,145 @@
+"""Cancelling jobs: queued, deferred and running; from code and from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+import redis.asyncio as aioredis
+from arq.connections import RedisSettings, create_pool
+from arq.jobs import Job, JobStatus
+
+import asyncjobs
+from asyncjobs import App, CancelError, Settings
+from asyncjobs.serializer import deserialize
+from asyncjobs.testing import WorkerProcess, free_port
+from tests.conftest import ROOT, cli
+from tests.corejobs import cancellable, echo
+
+
+async def _status(redis_url: str, job_id: str) -> JobStatus:
+    pool = await create_pool(RedisSettings.from_dsn(redis_url), job_deserializer=deserialize)
+    try:
+        return await Job(job_id, pool, _deserializer=deserialize).status()
+    finally:
+        await pool.aclose()
+
+
+async def test_a_queued_job_is_removed(app: App, redis: aioredis.Redis, redis_url: str) -> None:
+    job = await app.enqueue(echo, 1)
+    assert job is not None
+    result = await app.cancel(job.job_id, reason="duplicate order", actor="ops")
+    assert (result.outcome, result.queue) == ("cancelled", "arq:queue")
+    assert await redis.zcard("arq:queue") == 0
+    assert not await redis.exists(f"arq:job:{job.job_id}")
+    assert await _status(redis_url, job.job_id) == JobStatus.not_found
+    who = json.loads(await redis.get(f"asyncjobs:cancel:{job.job_id}") or b"{}")
+    assert (who["actor"], who["reason"]) == ("ops", "duplicate order")
+    again = await app.cancel(job.job_id)
+    assert again.outcome == "not_found"
+    assert "no job" in str(again)
+
+
+async def test_a_deferred_job_is_removed_from_its_queue(app: App, redis: aioredis.Redis) -> None:
+    job = await app.enqueue(echo, 2, _defer_by=3600, _queue_name="later")
+    assert job is not None
+    assert (await app.cancel(job.job_id)).outcome == "not_found"  # not a queue it knows
+    result = await app.cancel(job.job_id, queue="later")
+    assert (result.outcome, result.queue) == ("cancelled", "later")
+    assert await redis.zcard("later") == 0
+
+
+@pytest.mark.slow
+async def test_a_running_job_stops_where_it_runs_and_is_neither_retried_nor_dead(
+    worker_env: dict[str, str], app: App, redis: aioredis.Redis, redis_url: str
+) -> None:
+    await app.migrate()
+    env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.corejobs"}
+    with WorkerProcess(env, cwd=ROOT) as worker:
+        job = await app.enqueue(cancellable, 1)
+        assert job is not None
+        deadline = time.monotonic() + 20
+        while not await redis.llen("cancellable-started") and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        result = await app.cancel(job.job_id, reason="customer asked", actor="ann")
+        assert result.outcome == "cancelling"
+        while not await redis.llen("cancellable-stopped") and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert await redis.lrange("cancellable-stopped", 0, -1) == [b"1"]  # the body stopped
+        worker.wait_for('"event": "job.cancelled"')
+        while await redis.zcard("arq:queue") and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # a retry would have started by now (none is queued)
+    assert await redis.zcard("arq:queue") == 0
+    assert await redis.llen("cancellable-started") == 1
+    assert await app.dead.list() == []
+    assert await _status(redis_url, job.job_id) == JobStatus.complete  # its result: cancelled
+    cancelled = [json.loads(x) for x in worker.lines if '"job.cancelled"' in x]
+    assert [(e["job_id"], e["actor"], e["reason"]) for e in cancelled] == [
+        (job.job_id, "ann", "customer asked")
+    ]
+    assert not any('"job.retrying"' in x or '"job.failed"' in x for x in worker.lines)
+
+
+async def test_module_level_cancel_uses_the_default_app(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    monkeypatch.setenv("ASYNCJOBS_REDIS_URL", redis_url)
+    job = await asyncjobs.enqueue("echo", 3)
+    assert job is not None
+    assert (await asyncjobs.cancel(job.job_id)).outcome == "cancelled"
+    await asyncjobs.get_app().close()
+
+
+@pytest.mark.parametrize(
+    ("job_id", "message"),
+    [
+        ("", "non-empty"),
+        ("  ", "non-empty"),
+        ("x" * 2000, "at most 1024"),
+        ("arq:job:abc", "a Redis key, not a job id: pass 'abc'"),
+        (" abc", "surrounding spaces"),
+    ],
+)
+async def test_a_malformed_id_is_one_clear_error_and_changes_nothing(
+    app: App, redis: aioredis.Redis, job_id: str, message: str
+) -> None:
+    await app.enqueue(echo, 4, _job_id="abc")
+    with pytest.raises(CancelError, match=message):
+        await app.cancel(job_id)
+    assert await redis.zcard("arq:queue") == 1
+
+
+async def test_cancel_while_redis_is_down_says_so() -> None:
+    dead = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout=0.5)
+    async with App(dead) as app:
+        with pytest.raises(CancelError, match="Redis is unreachable.*was not cancelled"):
+            await app.cancel("abc")
+
+
+def test_the_cli_answers_an_unknown_id_in_one_line(redis_url: str) -> None:
+    result = cli("jobs", "cancel", "nosuchjob", env={"ASYNCJOBS_REDIS_URL": redis_url})
+    assert result.returncode == 1
+    assert result.stdout.strip().startswith("no job nosuchjob is queued or running")
+    assert "Traceback" not in result.stderr
+
+
+def test_the_cli_cancels_a_queued_job(redis_url: str) -> None:
+    async def enqueue() -> str:
+        async with App(Settings(redis_url=redis_url)) as app:
+            job = await app.enqueue(echo, 5)
+            assert job is not None
+            return job.job_id
+
+    job_id = asyncio.run(enqueue())
+    env = {"ASYNCJOBS_REDIS_URL": redis_url, "ASYNCJOBS_IMPORTS": "tests.corejobs"}
+    result = cli("jobs", "cancel", job_id, "--reason", "test", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"job {job_id} cancelled: removed from queue arq:queue"
+    bad = cli("jobs", "cancel", "arq:job:x", env=env)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == [
+        "Error: 'arq:job:x' is a Redis key, not a job id: pass 'x'"
+    ]

@@ -87,7 +87,7 @@ class CancelResult:
             "finished": f"job {self.job_id} has already finished (its result is kept)",
             "not_found": (
                 f"no job {self.job_id} is queued or running (never enqueued, finished without "
-                "a kept result, or on a queue this App does not know: pass queue=)"
+                "a kept result, or on a queue this App does not know: pass queue= or --queue)"
             ),
         }[self.outcome]
 

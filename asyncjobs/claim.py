@@ -23,7 +23,8 @@ they wrote to; an idle worker waits on those lists with ``BLPOP``, so a new
 job starts within a millisecond or two rather than at the next poll. Polling
 (``ASYNCJOBS_POLL_DELAY``) stays the fallback, for jobs enqueued by arq's own
 client and for deferred jobs coming due. A claim that filled every slot asked
-for pushes a token too, so a burst wakes the next idle worker in turn.
+for pushes a token too, so a burst wakes the next idle worker in turn. At most
+one token waits per queue, and it expires after a minute if no worker is idle.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ for q = 2, #KEYS do
     -- there may be more: wake the next idle worker reading this queue
     redis.pcall('LPUSH', WAKE .. queue, '1')
     redis.pcall('LTRIM', WAKE .. queue, 0, 0)
+    redis.pcall('PEXPIRE', WAKE .. queue, 60000)
     break
   end
 end
@@ -144,6 +146,7 @@ for i = 2, #ARGV, 6 do
       if redis.call('DECR', RETRY .. id) <= 0 then redis.call('DEL', RETRY .. id) end
       redis.pcall('LPUSH', WAKE .. queue, '1')
       redis.pcall('LTRIM', WAKE .. queue, 0, 0)
+      redis.pcall('PEXPIRE', WAKE .. queue, 60000)
     end
   end
   redis.call('SREM', KEYS[1], id)

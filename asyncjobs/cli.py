@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -29,6 +30,14 @@ def _run(make: Callable[[], Awaitable[T]]) -> T:
         raise click.ClickException(str(exc)) from exc
 
 
+def _current_directory_importable() -> None:
+    """Put the current directory on ``sys.path``, as arq's command and ``python -m`` do,
+    so ``ASYNCJOBS_IMPORTS=myapp.jobs`` finds ``./myapp`` from the installed command."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 @click.group(epilog=_epilog(), context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="asyncjobs")
 def main() -> None:
@@ -37,6 +46,7 @@ def main() -> None:
     Run a worker with `arq asyncjobs.WorkerSettings`; use these commands to
     operate it.
     """
+    _current_directory_importable()
 
 
 @main.command()

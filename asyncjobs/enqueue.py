@@ -237,6 +237,7 @@ _WAKE = f"""
 for queue in pairs(woken) do
   redis.pcall('LPUSH', '{WAKE_PREFIX}' .. queue, '1')
   redis.pcall('LTRIM', '{WAKE_PREFIX}' .. queue, 0, 0)
+  redis.pcall('PEXPIRE', '{WAKE_PREFIX}' .. queue, 60000)
 end
 """
 

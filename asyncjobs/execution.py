@@ -1,9 +1,23 @@
-"""The execution wrapper: what runs around every job in a worker.
+"""The execution path: what runs around every job in a worker, as composed layers.
 
-Server middleware (the kill switch's execution gate first), the job's timeout,
-exclusive locks, retries with backoff, dead letters, uniqueness locks, and one
-structured event per outcome. Exceptions never escape into arq's loop except
-as the job's own failure, which arq records and survives.
+    outcome → timeout → lock (exclusive jobs) → server middleware (kill switch first) → job
+
+Each layer is a middleware ``(request, call_next)`` over an
+:class:`~asyncjobs.ExecutionRequest`, composed once per job with
+:func:`~asyncjobs.middleware.compose`, and each can be run alone:
+
+- :class:`Outcome` times the try and says how it ended (``job.succeeded``,
+  ``job.retrying``, ``job.failed``, ``job.dead``, ``job.locked``), frees the
+  job's uniqueness lock, asks :func:`decide` what a failure means, writes the
+  dead letter, and turns a retry into arq's ``Retry`` for the worker loop.
+- :func:`timeout_layer` enforces the job's timeout: running longer is a
+  :class:`JobTimeout`, a failure like any other.
+- :class:`AdvisoryLock` runs the rest holding the job's PostgreSQL advisory
+  lock; when another worker holds it, :class:`Locked`.
+
+Exceptions never escape into the worker loop except as the job's own failure
+or arq's ``Retry``; a cancellation passes through untouched (the worker says
+whether it was a cancel or a shutdown).
 """
 
 from __future__ import annotations
@@ -12,8 +26,9 @@ import asyncio
 import contextlib
 import random
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import structlog
 
@@ -21,171 +36,11 @@ from . import logs
 from ._arq import Retry, WorkerCoroutine
 from .app import App
 from .jobs import JobSpec
-from .middleware import ExecutionRequest, compose
+from .middleware import ExecutionRequest, Handler, Middleware, compose
 from .retries import DEFAULT_BACKOFF, FIRST_FAILURE_KEY, retried_dead_letter
 from .uniqueness import LOCK_WAITS_PREFIX, advisory_key, lock_name, release, unique_key
 
 _log = structlog.get_logger("asyncjobs.worker")
-
-
-class _Locked(Exception):
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(name)
-        self.name = name
-        self.reason = reason
-
-
-def executor(spec: JobSpec, app: App, *, dead_letters: bool = True) -> WorkerCoroutine:
-    """The coroutine arq runs for ``spec``: server middleware, retries and instrumentation.
-
-    The job's timeout is enforced here (arq's own is set a little longer), so a
-    timeout is a failure like any other and is retried. On a failure that has
-    tries left, the wrapper raises arq's ``Retry`` with the backoff delay; on the
-    last one (or one ``give_up_on`` names) it writes a dead letter, unless
-    ``dead_letters=False`` (reconcilers: the next period is their retry).
-    """
-    name = spec.name
-    log = _log
-    timeout = job_timeout(spec, app)
-    backoff = spec.backoff or DEFAULT_BACKOFF
-    queue = spec.queue or app.settings.queue_name
-
-    async def invoke(request: ExecutionRequest) -> Any:
-        return await request.spec.invoke(request.ctx, request.args, request.kwargs)
-
-    chain = compose(app.server_middleware, invoke)
-    exclusive = spec.lock is not None or spec.exclusive
-
-    async def run_exclusive(request: ExecutionRequest) -> Any:
-        """Run the chain holding the job's advisory lock, on a connection of the lock pool."""
-        name_ = cast(str, lock_name(spec, tuple(request.args), request.kwargs))
-        pool = await app.lock_pool()
-        try:
-            conn = await pool.acquire(timeout=min(1.0, spec.lock_retry))
-        except TimeoutError:
-            raise _Locked(name_, "no_lock_connection") from None
-        key = advisory_key(name_)
-        try:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
-                raise _Locked(name_, "held")
-            try:
-                return await chain(request)
-            finally:
-                # A broken session has dropped its locks already.
-                with contextlib.suppress(Exception):
-                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
-        finally:
-            await pool.release(conn)
-
-    run = run_exclusive if exclusive else chain
-
-    async def dead(
-        ctx: dict[str, Any], about: dict[str, Any], args: Any, kwargs: Any, exc: BaseException
-    ) -> None:
-        await release_unique(ctx, spec, args, kwargs, about)  # a dead job frees its lock
-        if not dead_letters:
-            return
-        job_id = str(about["job_id"])
-        first = await _first_failure(ctx, job_id, pop=True)
-        try:
-            dead_id: int | None = await app.dead.record(
-                job_name=name,
-                job_id=job_id,
-                queue=queue,
-                args=tuple(args),
-                kwargs=kwargs,
-                redact=spec.redact_args,
-                tries=int(about["job_try"]),
-                exc=exc,
-                first_failed_at=first,
-            )
-            log.error(
-                logs.JOB_DEAD, **about, dead_letter_id=dead_id, error=f"{type(exc).__name__}: {exc}"
-            )
-        except Exception as store_exc:  # the store is down: say everything in the log instead
-            log.error(
-                logs.JOB_DEAD,
-                **about,
-                dead_letter_id=None,
-                error=f"{type(exc).__name__}: {exc}",
-                store_error=f"{type(store_exc).__name__}: {store_exc}",
-                args=None if spec.redact_args else list(args),
-                kwargs=None if spec.redact_args else kwargs,
-            )
-
-    async def execute(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        job_try = ctx.get("job_try", 1)
-        about = {"job": name, "job_id": ctx.get("job_id"), "job_try": job_try}
-        log.debug(logs.JOB_STARTED, **about)
-        if spec.unique_for is not None and spec.unique_until == "start":
-            await release_unique(ctx, spec, args, kwargs, about)
-        start = time.perf_counter()
-        try:
-            async with asyncio.timeout(timeout):
-                result = await run(ExecutionRequest(app, spec, ctx, args, kwargs))
-        except asyncio.CancelledError:  # a cancel or a shutdown: the worker says which
-            raise
-        except _Locked as locked:
-            log.info(
-                logs.JOB_LOCKED,
-                **about,
-                lock=locked.name,
-                reason=locked.reason,
-                action=spec.on_locked,
-            )
-            if spec.on_locked == "drop":
-                await release_unique(ctx, spec, args, kwargs, about)
-                return None
-            await _count_lock_wait(ctx, str(about["job_id"]))
-            raise Retry(defer=spec.lock_retry * random.uniform(0.5, 1.5)) from None
-        except Retry as exc:  # the job asked to be retried
-            job_try = about["job_try"] = await _tries(ctx, about, exclusive)
-            if job_try >= spec.max_tries:
-                await dead(ctx, about, args, kwargs, exc)
-                raise
-            log.info(
-                logs.JOB_RETRYING,
-                **about,
-                duration_ms=_ms_since(start),
-                delay_s=(exc.defer_score or 0) / 1000,
-                error="Retry requested",
-            )
-            raise
-        except Exception as exc:
-            error = exc if not isinstance(exc, TimeoutError) else JobTimeout(timeout)
-            text = f"{type(error).__name__}: {error}"
-            job_try = about["job_try"] = await _tries(ctx, about, exclusive)
-            retry = (
-                job_try < spec.max_tries
-                and isinstance(error, spec.retry_on)
-                and not isinstance(error, spec.give_up_on)
-            )
-            if retry:
-                delay = backoff.delay(job_try)
-                await _first_failure(ctx, str(about["job_id"]), pop=False)
-                log.warning(
-                    logs.JOB_RETRYING,
-                    **about,
-                    duration_ms=_ms_since(start),
-                    delay_s=round(delay, 3),
-                    error=text,
-                )
-                raise Retry(defer=delay) from exc
-            log.error(
-                logs.JOB_FAILED, **about, duration_ms=_ms_since(start), error=text, exc_info=exc
-            )
-            await dead(ctx, about, args, kwargs, error)
-            raise
-        if spec.unique_for is not None and spec.unique_until == "success":
-            await release_unique(ctx, spec, args, kwargs, about)
-        dead_id = retried_dead_letter(about["job_id"])
-        if dead_id is not None:  # a dead letter retried by an operator succeeded
-            await app.dead.remove(dead_id)
-        log.info(logs.JOB_SUCCEEDED, **about, duration_ms=_ms_since(start))
-        return result
-
-    execute.__qualname__ = execute.__name__ = name
-    return cast(WorkerCoroutine, execute)
 
 
 class JobTimeout(Exception):
@@ -195,17 +50,243 @@ class JobTimeout(Exception):
         super().__init__(f"the job ran longer than its timeout of {seconds:g}s")
 
 
+class OutOfTries(Exception):
+    """The job raised ``Retry`` on its last try."""
+
+
+class Locked(Exception):
+    """The job's advisory lock is held elsewhere (or no lock connection was free)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(name)
+        self.name = name
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a failed try leads to: another try (``retry``) or the end, and why."""
+
+    retry: bool
+    why: str
+
+
+def decide(error: BaseException, tries: int, spec: JobSpec) -> Decision:
+    """Whether a job whose try number ``tries`` raised ``error`` is tried again. Pure.
+
+    ``Retry`` (the job asked) is honoured while tries are left; any other error is
+    retried while tries are left, if it is one of ``retry_on`` and none of
+    ``give_up_on``.
+    """
+    if tries >= spec.max_tries:
+        return Decision(False, "max_tries")
+    if isinstance(error, Retry):
+        return Decision(True, "asked")
+    if isinstance(error, spec.give_up_on):
+        return Decision(False, "give_up_on")
+    if not isinstance(error, spec.retry_on):
+        return Decision(False, "not_retry_on")
+    return Decision(True, "retry_on")
+
+
 def job_timeout(spec: JobSpec, app: App) -> float:
-    """The timeout the execution wrapper enforces for ``spec``."""
+    """The timeout the execution path enforces for ``spec``."""
     return spec.timeout if spec.timeout is not None else app.settings.job_timeout
 
 
-async def release_unique(
-    ctx: dict[str, Any], spec: JobSpec, args: Any, kwargs: dict[str, Any], about: dict[str, Any]
-) -> None:
+def timeout_layer(seconds: float) -> Middleware[ExecutionRequest]:
+    """A layer that fails the rest with :class:`JobTimeout` after ``seconds``."""
+
+    async def timeout(request: ExecutionRequest, call_next: Handler[ExecutionRequest]) -> Any:
+        try:
+            async with asyncio.timeout(seconds):
+                return await call_next(request)
+        except TimeoutError as exc:
+            raise JobTimeout(seconds) from exc
+
+    return timeout
+
+
+class AdvisoryLock:
+    """A layer that runs the rest holding the job's advisory lock, on a connection of the
+    App's lock pool; :class:`Locked` when it is held elsewhere or no connection is free."""
+
+    def __init__(self, spec: JobSpec, app: App) -> None:
+        self.spec, self.app = spec, app
+
+    async def __call__(
+        self, request: ExecutionRequest, call_next: Handler[ExecutionRequest]
+    ) -> Any:
+        name = cast(str, lock_name(self.spec, tuple(request.args), request.kwargs))
+        pool = await self.app.lock_pool()
+        try:
+            conn = await pool.acquire(timeout=min(1.0, self.spec.lock_retry))
+        except TimeoutError:
+            raise Locked(name, "no_lock_connection") from None
+        key = advisory_key(name)
+        try:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                raise Locked(name, "held")
+            try:
+                return await call_next(request)
+            finally:
+                # A broken session has dropped its locks already.
+                with contextlib.suppress(Exception):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        finally:
+            await pool.release(conn)
+
+
+class Outcome:
+    """The outermost layer: events, the retry decision, dead letters, uniqueness locks.
+
+    ``dead_letters=False`` (reconcilers: their next period is their retry) logs a
+    final failure without writing a dead letter.
+    """
+
+    def __init__(self, spec: JobSpec, app: App, *, dead_letters: bool = True) -> None:
+        self.spec, self.app, self.dead_letters = spec, app, dead_letters
+        self.exclusive = spec.lock is not None or spec.exclusive
+        self.backoff = spec.backoff or DEFAULT_BACKOFF
+        self.queue = spec.queue or app.settings.queue_name
+
+    async def __call__(
+        self, request: ExecutionRequest, call_next: Handler[ExecutionRequest]
+    ) -> Any:
+        spec, ctx = self.spec, request.ctx
+        about = {"job": spec.name, "job_id": ctx.get("job_id"), "job_try": ctx.get("job_try", 1)}
+        _log.debug(logs.JOB_STARTED, **about)
+        if spec.unique_for is not None and spec.unique_until == "start":
+            await release_unique(request, about)
+        start = time.perf_counter()
+        try:
+            result = await call_next(request)
+        except Locked as locked:
+            return await self._locked(request, about, locked)
+        except Exception as exc:
+            await self._failed(request, about, exc, start)
+        if spec.unique_for is not None and spec.unique_until == "success":
+            await release_unique(request, about)
+        dead_id = retried_dead_letter(about["job_id"])
+        if dead_id is not None:  # a dead letter retried by an operator succeeded
+            await self.app.dead.remove(dead_id)
+        _log.info(logs.JOB_SUCCEEDED, **about, duration_ms=_ms_since(start))
+        return result
+
+    async def _locked(
+        self, request: ExecutionRequest, about: dict[str, Any], locked: Locked
+    ) -> None:
+        spec = self.spec
+        _log.info(
+            logs.JOB_LOCKED, **about, lock=locked.name, reason=locked.reason, action=spec.on_locked
+        )
+        if spec.on_locked == "drop":
+            await release_unique(request, about)
+            return None
+        await _count_lock_wait(request.ctx, str(about["job_id"]))
+        raise Retry(defer=spec.lock_retry * random.uniform(0.5, 1.5)) from None
+
+    async def _failed(
+        self, request: ExecutionRequest, about: dict[str, Any], exc: Exception, start: float
+    ) -> NoReturn:
+        """Log the failed try, then raise arq's ``Retry`` (another try) or the error (dead)."""
+        ctx = request.ctx
+        tries = about["job_try"] = await _tries(ctx, about, self.exclusive)
+        decision = decide(exc, tries, self.spec)
+        asked = isinstance(exc, Retry)
+        text = "Retry requested" if asked else f"{type(exc).__name__}: {exc}"
+        if decision.retry:
+            if asked:
+                delay = (cast(Retry, exc).defer_score or 0) / 1000
+            else:
+                delay = self.backoff.delay(tries)
+                await _first_failure(ctx, str(about["job_id"]), pop=False)
+            log = _log.info if asked else _log.warning
+            log(
+                logs.JOB_RETRYING,
+                **about,
+                duration_ms=_ms_since(start),
+                delay_s=round(delay, 3),
+                error=text,
+            )
+            if asked:
+                raise exc
+            raise Retry(defer=delay) from exc
+        if not asked:
+            _log.error(
+                logs.JOB_FAILED, **about, duration_ms=_ms_since(start), error=text, exc_info=exc
+            )
+        await self._dead(request, about, exc)
+        if asked:  # not arq's Retry: the worker must finish the job, not schedule it again
+            raise OutOfTries(f"the job asked for another try after its last ({tries})") from exc
+        raise exc
+
+    async def _dead(self, request: ExecutionRequest, about: dict[str, Any], exc: Exception) -> None:
+        await release_unique(request, about)  # a dead job frees its uniqueness lock
+        if not self.dead_letters:
+            return
+        spec, ctx = self.spec, request.ctx
+        job_id = str(about["job_id"])
+        first = await _first_failure(ctx, job_id, pop=True)
+        error = f"{type(exc).__name__}: {exc}"
+        try:
+            dead_id: int | None = await self.app.dead.record(
+                job_name=spec.name,
+                job_id=job_id,
+                queue=self.queue,
+                args=tuple(request.args),
+                kwargs=request.kwargs,
+                redact=spec.redact_args,
+                tries=int(about["job_try"]),
+                exc=exc,
+                first_failed_at=first,
+            )
+            _log.error(logs.JOB_DEAD, **about, dead_letter_id=dead_id, error=error)
+        except Exception as store_exc:  # the store is down: say everything in the log instead
+            _log.error(
+                logs.JOB_DEAD,
+                **about,
+                dead_letter_id=None,
+                error=error,
+                store_error=f"{type(store_exc).__name__}: {store_exc}",
+                args=None if spec.redact_args else list(request.args),
+                kwargs=None if spec.redact_args else request.kwargs,
+            )
+
+
+def layers(spec: JobSpec, app: App, *, dead_letters: bool = True) -> list[Middleware[Any]]:
+    """The layers around ``spec``'s job, outermost first, before the server middleware."""
+    found: list[Middleware[Any]] = [
+        Outcome(spec, app, dead_letters=dead_letters),
+        timeout_layer(job_timeout(spec, app)),
+    ]
+    if spec.lock is not None or spec.exclusive:
+        found.append(AdvisoryLock(spec, app))
+    return found
+
+
+async def _invoke(request: ExecutionRequest) -> Any:
+    return await request.spec.invoke(request.ctx, request.args, request.kwargs)
+
+
+def executor(spec: JobSpec, app: App, *, dead_letters: bool = True) -> WorkerCoroutine:
+    """The coroutine the worker runs for ``spec``: :func:`layers`, the App's server
+    middleware, then the job, composed once."""
+    chain = compose(
+        [*layers(spec, app, dead_letters=dead_letters), *app.server_middleware], _invoke
+    )
+
+    async def execute(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return await chain(ExecutionRequest(app, spec, ctx, args, kwargs))
+
+    execute.__qualname__ = execute.__name__ = spec.name
+    return cast(WorkerCoroutine, execute)
+
+
+async def release_unique(request: ExecutionRequest, about: dict[str, Any]) -> None:
     """Free the job's uniqueness lock if it holds it (best effort: the TTL bounds it anyway)."""
-    lock = unique_key(spec, tuple(args), kwargs)
-    redis = ctx.get("redis")
+    lock = unique_key(request.spec, tuple(request.args), request.kwargs)
+    redis = request.ctx.get("redis")
     if lock is None or redis is None:
         return
     try:
@@ -250,3 +331,18 @@ async def _first_failure(ctx: dict[str, Any], job_id: str, *, pop: bool) -> date
 
 def _ms_since(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
+
+
+__all__ = [
+    "AdvisoryLock",
+    "Decision",
+    "JobTimeout",
+    "Locked",
+    "OutOfTries",
+    "Outcome",
+    "decide",
+    "executor",
+    "job_timeout",
+    "layers",
+    "timeout_layer",
+]

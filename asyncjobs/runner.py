@@ -270,7 +270,7 @@ class Worker:
         self.ctx: dict[str, Any] = ctx if ctx is not None else {}
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
-        self.jobs_complete = self.jobs_failed = self.jobs_retried = 0
+        self.jobs_complete = self.jobs_failed = self.jobs_retried = self.jobs_cancelled = 0
         self._redis = redis
         self._own_redis = redis is None
         self._retry = retry if retry is not None else ReconnectingRetry()
@@ -281,6 +281,7 @@ class Worker:
         self._wake_keys = [wake_key(q) for q in self.queues]
         self._running: dict[str, asyncio.Task[None]] = {}
         self._aborting: set[str] = set()
+        self._names: dict[str, tuple[str, int]] = {}  # running job id -> (job name, try)
         self._pending: list[_Record] = []
         self._flush_lock = asyncio.Lock()
         self._have_pending = asyncio.Event()
@@ -417,6 +418,7 @@ class Worker:
             jobs_complete=self.jobs_complete,
             jobs_failed=self.jobs_failed,
             jobs_retried=self.jobs_retried,
+            jobs_cancelled=self.jobs_cancelled,
         )
 
     # -- claiming ----------------------------------------------------------
@@ -463,6 +465,7 @@ class Worker:
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task.get_name(), None)
+        self._names.pop(task.get_name(), None)
         self._slot_free.set()
 
     async def _wait_for_work(self) -> None:
@@ -527,7 +530,15 @@ class Worker:
     def _requeue(self, job: Claimed, record: Callable[[_Record], None]) -> None:
         if job.job_id in self._aborting:
             return  # recorded by the abort path
-        _log.info(logs.JOB_REQUEUED, job_id=job.job_id, queue=job.queue, worker_id=self.id)
+        name, job_try = self._names.get(job.job_id, (None, job.job_try))
+        _log.info(
+            logs.JOB_REQUEUED,
+            job=name,
+            job_id=job.job_id,
+            job_try=job_try,
+            queue=job.queue,
+            worker_id=self.id,
+        )
         record(_Record("Q", job))
 
     async def _run_claimed(self, job: Claimed, record: Callable[[_Record], None]) -> None:
@@ -565,9 +576,10 @@ class Worker:
             )
             return
         outcome = _Outcome(job, function, name, args, kwargs, job_try, enqueue_ms)
+        self._names[job.job_id] = (name, job_try)
         if job.aborted:  # arq's abort (or a cancel) reached it before it started
-            await self._log_cancelled(job.job_id, name, started=False)
-            self.jobs_failed += 1
+            await self._log_cancelled(job.job_id, started=False)
+            self.jobs_cancelled += 1
             record(outcome.cancelled())
             return
         ctx = {
@@ -587,7 +599,7 @@ class Worker:
             if job.job_id not in self._aborting:
                 raise  # a shutdown: _execute hands the job back
             self._aborting.discard(job.job_id)
-            self.jobs_failed += 1
+            self.jobs_cancelled += 1
             record(outcome.cancelled())
             return
         except Exception as exc:  # the wrapper logged it and wrote any dead letter
@@ -677,18 +689,20 @@ class Worker:
                 task = self._running.get(job_id)
                 if task is not None and not task.done():
                     self._aborting.add(job_id)
-                    await self._log_cancelled(job_id, None, started=True)
+                    await self._log_cancelled(job_id, started=True)
                     task.cancel()
 
-    async def _log_cancelled(self, job_id: str, name: str | None, *, started: bool) -> None:
+    async def _log_cancelled(self, job_id: str, *, started: bool) -> None:
         who: dict[str, Any] = {}
         with contextlib.suppress(Exception):
             raw = await self.redis.get(CANCEL_INFO_PREFIX + job_id)
             who = json.loads(raw) if raw else {}
+        name, job_try = self._names.get(job_id, (None, None))
         _log.info(
             logs.JOB_CANCELLED,
             job=name,
             job_id=job_id,
+            job_try=job_try,
             worker_id=self.id,
             running=started,
             actor=who.get("actor"),

@@ -2,7 +2,7 @@
 
 Run from the repository root (PyPI must be reachable; takes about a minute)::
 
-    /work/venv/bin/python scripts/arq_suite.py [extra pytest arguments, e.g. -k defer]
+    python scripts/arq_suite.py [extra pytest arguments, e.g. -k defer]
 
 In a temporary directory it downloads arq's sdist, installs arq's test dependencies at
 the versions of arq's uv.lock with ``pip --target`` (arq's conftest needs pytest-asyncio

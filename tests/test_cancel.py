@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -143,3 +147,33 @@ def test_the_cli_cancels_a_queued_job(redis_url: str) -> None:
     assert bad.stderr.strip().splitlines() == [
         "Error: 'arq:job:x' is a Redis key, not a job id: pass 'x'"
     ]
+
+
+def test_the_installed_command_imports_the_users_module_from_the_current_directory(
+    tmp_path: Path, redis_url: str
+) -> None:
+    command = Path(sys.executable).parent / "asyncjobs"  # the console script, as installed
+    package = tmp_path / "userapp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "jobs.py").write_text(
+        "import asyncjobs\n\n@asyncjobs.job\nasync def user_job(ctx):\n    return 1\n"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_")},
+        "ASYNCJOBS_REDIS_URL": redis_url,
+        "ASYNCJOBS_IMPORTS": "userapp.jobs",
+    }
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [str(command), "jobs", "cancel", "nosuch"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1  # the module imported; the job id is unknown
+    assert "cannot be imported" not in result.stderr
+    assert result.stdout.startswith("no job nosuch is queued or running")

@@ -20,6 +20,7 @@ Who cancelled and why is kept beside the job for a day and logged with
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import time
@@ -138,7 +139,13 @@ async def cancel(
     try:
         redis = await app.redis()
         args = (str(timestamp_ms()), info, "86400", JOB_PREFIX)
-        reply = await redis.eval(CANCEL_LUA, len(keys), *keys, *args)  # type: ignore[misc]
+        async with asyncio.timeout(app.settings.redis_timeout):
+            reply = await redis.eval(CANCEL_LUA, len(keys), *keys, *args)  # type: ignore[misc]
+    except TimeoutError as exc:
+        raise CancelError(
+            f"Redis did not answer within {app.settings.redis_timeout}s: job {job_id} may or "
+            "may not be cancelled. Run the cancel again (cancelling twice is harmless)."
+        ) from exc
     except REDIS_UNAVAILABLE as exc:
         raise CancelError(
             f"Redis is unreachable ({type(exc).__name__}: {exc}); job {job_id} was not cancelled. "

@@ -145,7 +145,7 @@ class App:
         if self._db is None:
             async with self._db_lock:
                 if self._db is None:
-                    self._db = await self._create_pool(10, "")
+                    self._db = await self._create_pool(self.settings.database_pool_size, "")
         return self._db
 
     async def lock_pool(self) -> asyncpg.Pool:

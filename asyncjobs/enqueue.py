@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import json
+import math
 import random
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -44,7 +45,9 @@ from ._arq import (
 )
 from .claim import WAKE_PREFIX
 from .exceptions import (
+    ConfigurationError,
     EnqueueError,
+    EnqueueOutcomeUnknownError,
     InvalidOptionError,
     JobArgumentsError,
     JobSerializationError,
@@ -53,6 +56,7 @@ from .exceptions import (
 )
 from .naming import new_job_id
 from .serializer import compact_encoder, deserialize
+from .settings import check_queue_name
 from .uniqueness import unique_key
 
 if TYPE_CHECKING:
@@ -122,21 +126,41 @@ def _unknown_option_message(job_name: str, key: str) -> str:
     )
 
 
+MAX_SECONDS = 10 * 365 * 86400
+"""The longest ``_defer_by``, ``_expires`` or ``_jitter``: ten years."""
+MAX_JOB_ID_LENGTH = 1024
+MAX_JOB_TRY = 1_000_000
+
+
 def _seconds(name: str, value: Any, *, allow_zero: bool) -> float:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
     else:
         raise InvalidOptionError(f"{name} must be seconds or a timedelta, not {value!r}")
+    if math.isnan(seconds):
+        raise InvalidOptionError(f"{name} must be a number of seconds, not NaN")
     if seconds < 0 or (seconds == 0 and not allow_zero):
         raise InvalidOptionError(f"{name} must be {'0 or more' if allow_zero else 'positive'}")
+    if seconds > MAX_SECONDS:
+        raise InvalidOptionError(f"{name} must be at most ten years ({MAX_SECONDS} s)")
     return seconds
 
 
 def _check_text(key: str, value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise InvalidOptionError(f"{key} must be a non-empty string, not {value!r}")
+    if len(value) > MAX_JOB_ID_LENGTH:
+        raise InvalidOptionError(f"{key} must be at most {MAX_JOB_ID_LENGTH} characters")
+    if key == "_queue_name":
+        try:
+            check_queue_name(value, "_queue_name")
+        except ConfigurationError as exc:
+            raise InvalidOptionError(str(exc)) from None
 
 
 def _check_options(job_name: str, options: dict[str, Any]) -> None:
@@ -149,10 +173,12 @@ def _check_options(job_name: str, options: dict[str, Any]) -> None:
         _seconds("_defer_by", options["_defer_by"], allow_zero=True)
     if "_expires" in options:
         _seconds("_expires", options["_expires"], allow_zero=False)
-    if "_defer_until" in options and not isinstance(options["_defer_until"], datetime):
-        raise InvalidOptionError(
-            f"_defer_until must be a datetime, not {options['_defer_until']!r}"
-        )
+    if "_defer_until" in options:
+        until = options["_defer_until"]
+        if not isinstance(until, datetime):
+            raise InvalidOptionError(f"_defer_until must be a datetime, not {until!r}")
+        if until.year > datetime.now().year + 10:
+            raise InvalidOptionError("_defer_until must be within ten years")
     for key in ("_job_id", "_queue_name"):
         if key in options:
             _check_text(key, options[key])
@@ -164,8 +190,12 @@ def _check_options(job_name: str, options: dict[str, Any]) -> None:
     elif "_jitter_min" in options:
         raise InvalidOptionError("_jitter_min needs _jitter: the window is [_jitter_min, _jitter)")
     job_try = options.get("_job_try")
-    if job_try is not None and (not isinstance(job_try, int) or job_try < 1):
-        raise InvalidOptionError(f"_job_try must be a whole number from 1, not {job_try!r}")
+    if job_try is not None and (
+        not isinstance(job_try, int) or isinstance(job_try, bool) or not 1 <= job_try <= MAX_JOB_TRY
+    ):
+        raise InvalidOptionError(
+            f"_job_try must be a whole number from 1 to {MAX_JOB_TRY:,}, not {job_try!r}"
+        )
 
 
 _encode_value = compact_encoder(allow_nan=False)
@@ -205,6 +235,9 @@ def _serialization_message(
     for label, value in labelled:
         try:
             _encode(value)
+        except RecursionError:
+            where = f"{label} ({type(value).__name__}, nested too deeply)"
+            break
         except (TypeError, ValueError):
             where = f"{label} ({type(value).__name__})"
             break
@@ -407,15 +440,20 @@ class SentWrite:
     batch while Redis runs this one.
     """
 
-    __slots__ = ("app", "raw", "script", "what")
+    __slots__ = ("app", "job_ids", "raw", "script", "what")
 
-    def __init__(self, app: App, raw: RawCommand, script: AsyncScript, what: str) -> None:
+    def __init__(
+        self, app: App, raw: RawCommand, script: AsyncScript, what: str, job_ids: tuple[str, ...]
+    ) -> None:
         self.app, self.raw, self.script, self.what = app, raw, script, what
+        self.job_ids = job_ids
 
     async def read(self) -> list[int]:
         """Per job WRITTEN, DUPLICATE_ID or NOT_UNIQUE; waits at most ``redis_timeout``.
 
-        Loads the script and sends the command again if Redis answers NOSCRIPT.
+        Loads the script and sends the command again if Redis answers NOSCRIPT. Once the
+        command was sent, no answer in time is :class:`EnqueueOutcomeUnknownError`: the
+        jobs may be in Redis.
         """
         raw = self.raw
         try:
@@ -433,9 +471,20 @@ class SentWrite:
                 finally:
                     await raw.release()
         except REDIS_UNAVAILABLE as exc:
-            raise _unavailable(self.app, self.what, exc) from exc
+            raise self._unknown(exc) from exc
         except ResponseError as exc:  # the script checks first, so nothing was written
             raise EnqueueError(f"Redis refused the write ({exc}); {self.what} enqueued") from exc
+
+    def _unknown(self, exc: BaseException) -> EnqueueOutcomeUnknownError:
+        ids = self.job_ids
+        shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        return EnqueueOutcomeUnknownError(
+            f"Redis did not answer within {self.app.settings.redis_timeout}s after the write "
+            f"was sent ({type(exc).__name__}: {exc or 'timed out'}): job id(s) {shown} may or "
+            "may not be enqueued. Enqueue again with the same _job_id (a duplicate is refused) "
+            "to be sure.",
+            job_ids=ids,
+        )
 
     async def discard(self) -> None:
         """Give the connection back without reading the reply."""
@@ -457,7 +506,7 @@ async def send_prepared(app: App, jobs: list[Prepared], what: str) -> SentWrite:
             raw = await RawCommand.send(redis, command)
     except REDIS_UNAVAILABLE as exc:
         raise _unavailable(app, what, exc) from exc
-    return SentWrite(app, raw, script, what)
+    return SentWrite(app, raw, script, what, tuple(job.job_id for job in jobs))
 
 
 def _unavailable(app: App, what: str, exc: BaseException) -> RedisUnavailableError:

@@ -15,6 +15,7 @@ Every error has one root, so ``except AsyncJobsError`` catches them all::
     │   └── JobSerializationError   an argument cannot be written as JSON
     ├── ServiceUnavailableError     a server could not be reached in time
     │   ├── RedisUnavailableError
+    │   │   └── EnqueueOutcomeUnknownError  sent, but Redis did not answer: maybe enqueued
     │   └── DatabaseUnavailableError
     ├── MigrationError              the runtime's schema could not be applied
     ├── JobFailed                   a job's stored outcome: it raised (``job.result()``)
@@ -81,6 +82,16 @@ class ServiceUnavailableError(AsyncJobsError):
 
 class RedisUnavailableError(ServiceUnavailableError):
     """Redis could not be reached in time; the job was not enqueued."""
+
+
+class EnqueueOutcomeUnknownError(RedisUnavailableError):
+    """The write was sent but Redis did not answer in time: the job may or may not be
+    enqueued. ``job_ids`` names them: enqueue again with the same ``_job_id`` (a
+    duplicate is refused) or look with arq's ``Job(job_id, redis).status()``."""
+
+    def __init__(self, message: str | None = None, job_ids: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.job_ids = job_ids
 
 
 class DatabaseUnavailableError(ServiceUnavailableError):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import getpass
 import re
 import time
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from .middleware import EnqueueRequest, ExecutionRequest
 
 CHANNEL = "asyncjobs_flags"
+_GRACE_S = 0.05
+"""How much longer than ``flag_timeout`` a caller waits for a shared load."""
 _VALID = re.compile(r"^[a-z][a-z0-9_]{0,127}$")
 _log = structlog.get_logger("asyncjobs.flags")
 
@@ -137,6 +140,7 @@ class FlagStore:
         self._snapshot: frozenset[str] | None = None
         self._fresh_until = 0.0
         self._loading: asyncio.Future[None] | None = None
+        self._changes: dict[str, bool] | None = None  # notified during the load in flight
         self._listener: Any = None
         self._unavailable = False
         self._counts: Counter[tuple[str, str]] = Counter()
@@ -168,21 +172,39 @@ class FlagStore:
     # -- loading ----------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Load the snapshot now, sharing a load already in flight. Never raises."""
+        """Load the snapshot now, sharing a load already in flight. Never raises.
+
+        Waits at most ``flag_timeout`` (and a little): a load stuck on a PostgreSQL that
+        does not answer goes on in the background while callers use what they have.
+        """
         loading = self._loading
         if loading is None or loading.done():
             loading = self._loading = asyncio.ensure_future(self._load())
-        await asyncio.shield(loading)
+        try:
+            await asyncio.wait_for(asyncio.shield(loading), self.timeout + _GRACE_S)
+        except TimeoutError:
+            self._unreachable(TimeoutError(f"no answer within {self.timeout}s"))
 
     async def _load(self) -> None:
+        # Changes notified while this load runs are newer than (or equal to) what it
+        # reads: they are laid over its result, so a load never undoes a change.
+        self._changes = {}
+        pool: Any = None
+        conn: Any = None
         try:
             async with asyncio.timeout(self.timeout):
                 pool = await self._app.db()
-                async with pool.acquire() as conn:
-                    self.loads += 1
-                    rows = await conn.fetch("SELECT name FROM asyncjobs.flags WHERE enabled")
-                    await self._flush_counts(conn)
-            self._snapshot = frozenset(r[0] for r in rows)
+                conn = await pool.acquire()
+                self.loads += 1
+                rows = await conn.fetch("SELECT name FROM asyncjobs.flags WHERE enabled")
+                await self._flush_counts(conn)
+            loaded = {r[0] for r in rows}
+            for name, value in self._changes.items():
+                if value:
+                    loaded.add(name)
+                else:
+                    loaded.discard(name)
+            self._snapshot = frozenset(loaded)
             self._fresh_until = time.monotonic() + self.ttl
             if self._unavailable:
                 self._unavailable = False
@@ -190,19 +212,30 @@ class FlagStore:
             if self._listener is None:
                 await self._listen()
         except Exception as exc:  # the store is down or slow: serve what we have
-            self._fresh_until = time.monotonic() + min(self.ttl, 1.0)
-            if not self._unavailable:
-                self._unavailable = True
-                hint = " (run `asyncjobs migrate`)" if "does not exist" in str(exc) else ""
-                _log.warning(
-                    logs.FLAGS_UNAVAILABLE,
-                    error=f"{type(exc).__name__}: {exc or 'timed out'}{hint}",
-                    serving="last known values"
-                    if self._snapshot is not None
-                    else (
-                        "all disabled (fail closed)" if self.fail_closed else "all off (fail open)"
-                    ),
-                )
+            if conn is not None:
+                conn.terminate()  # do not wait for a server that may not answer
+            self._unreachable(exc)
+        finally:
+            self._changes = None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self.timeout):
+                        await pool.release(conn)
+
+    def _unreachable(self, exc: BaseException) -> None:
+        """Serve the last snapshot (or the fail-open/closed default) for a while; say so once."""
+        self._fresh_until = time.monotonic() + min(self.ttl, 1.0)
+        if self._unavailable:
+            return
+        self._unavailable = True
+        hint = " (run `asyncjobs migrate`)" if "does not exist" in str(exc) else ""
+        _log.warning(
+            logs.FLAGS_UNAVAILABLE,
+            error=f"{type(exc).__name__}: {exc or 'timed out'}{hint}",
+            serving="last known values"
+            if self._snapshot is not None
+            else ("all disabled (fail closed)" if self.fail_closed else "all off (fail open)"),
+        )
 
     async def _flush_counts(self, conn: Any) -> None:
         if not self._counts:
@@ -236,6 +269,8 @@ class FlagStore:
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         name, _, value = payload.rpartition(":")
+        if name and self._changes is not None:
+            self._changes[name] = value == "1"
         snapshot = self._snapshot
         if snapshot is None or not name:
             self._fresh_until = 0.0  # nothing to patch: load on next read
@@ -275,6 +310,8 @@ class FlagStore:
             await conn.execute(_SET_SQL, name, value, who, reason)
             await conn.execute(_HISTORY_SQL, name, old, value, who, reason)
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{name}:{int(value)}")
+        if self._changes is not None:
+            self._changes[name] = value
         snapshot = self._snapshot
         if snapshot is not None:  # this process need not wait for its own notification
             self._snapshot = snapshot | {name} if value else snapshot - {name}

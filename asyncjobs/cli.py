@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,11 +25,30 @@ def _epilog() -> str:
 
 
 def _run(make: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine; turn asyncjobs' errors into a one-line message and exit code 1."""
+    """Run a coroutine; turn asyncjobs' errors into a one-line message and exit code 1
+    (with the traceback too at ``ASYNCJOBS_LOG_LEVEL=debug``)."""
     try:
         return asyncio.run(make())  # type: ignore[arg-type]
     except AsyncJobsError as exc:
+        if _debug():
+            traceback.print_exc()
         raise click.ClickException(str(exc)) from exc
+
+
+def _debug() -> bool:
+    return os.environ.get("ASYNCJOBS_LOG_LEVEL", "").strip().lower() == "debug"
+
+
+def _quiet_logs() -> None:
+    """A command's standard output is its result; its log events go to standard error,
+    and only errors unless ``ASYNCJOBS_LOG_LEVEL`` asks for more."""
+    from .logs import configure_logging
+
+    level = os.environ.get("ASYNCJOBS_LOG_LEVEL", "").strip().lower() or "error"
+    fmt = os.environ.get("ASYNCJOBS_LOG_FORMAT", "").strip().lower() or "auto"
+    if level not in ("debug", "info", "warning", "error") or fmt not in ("auto", "json", "console"):
+        return  # Settings.from_env() will say what is wrong with it
+    configure_logging(fmt, level, stream=sys.stderr, force=True)
 
 
 def _current_directory_importable() -> None:
@@ -40,16 +61,17 @@ def _current_directory_importable() -> None:
 
 @click.group(epilog=_epilog(), context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="asyncjobs")
-def main() -> None:
+def cli() -> None:
     """asyncjobs: background jobs on arq, Redis and PostgreSQL.
 
     Run a worker with `arq asyncjobs.WorkerSettings`; use these commands to
     operate it.
     """
     _current_directory_importable()
+    _quiet_logs()
 
 
-@main.command()
+@cli.command()
 def migrate() -> None:
     """Create or update asyncjobs' tables in ASYNCJOBS_DATABASE_URL (idempotent)."""
     from .app import App
@@ -66,7 +88,7 @@ def migrate() -> None:
         click.echo("schema is up to date")
 
 
-@main.command()
+@cli.command()
 def check() -> None:
     """Check that Redis and PostgreSQL are reachable with the current settings."""
     from .app import App
@@ -99,7 +121,7 @@ def check() -> None:
         sys.exit(1)
 
 
-@main.group()
+@cli.group()
 def jobs() -> None:
     """Registered jobs (from the modules in ASYNCJOBS_IMPORTS)."""
 
@@ -227,7 +249,7 @@ def jobs_cancel(job_id: str, reason: str | None, actor: str | None, queue: str |
         sys.exit(1)
 
 
-@main.group()
+@cli.group()
 def flags() -> None:
     """Raw feature flags (a flag that is ON is enabled; disable_<job> ON stops <job>)."""
 
@@ -275,6 +297,27 @@ def flags_list() -> None:
 def flags_enable(flag: str, reason: str | None, actor: str | None) -> None:
     """Turn FLAG on."""
     click.echo(_describe(_change(flag, True, actor, reason)))
+    _warn_if_no_such_job(flag)
+
+
+def _warn_if_no_such_job(flag: str) -> None:
+    """A ``disable_<job>`` flag for a job this process does not know: probably a typo."""
+    if not flag.startswith("disable_"):
+        return
+    names = _registry_from_env().names()
+    job = flag[len("disable_") :]
+    if not names:
+        click.echo(
+            f"warning: could not check that a job {job!r} exists: set ASYNCJOBS_IMPORTS to "
+            "the modules that define your jobs",
+            err=True,
+        )
+    elif job not in names:
+        click.echo(
+            f"warning: no registered job is named {job!r} (jobs: {', '.join(sorted(names))}); "
+            "the flag stops nothing unless such a job exists. A typo?",
+            err=True,
+        )
 
 
 @flags.command("disable")
@@ -288,7 +331,13 @@ def flags_disable(flag: str, reason: str | None, actor: str | None) -> None:
 
 @flags.command("history")
 @click.argument("flag", required=False)
-@click.option("--limit", default=50, show_default=True, help="How many changes to show.")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1),
+    help="How many changes to show.",
+)
 def flags_history(flag: str | None, limit: int) -> None:
     """Changes to FLAG (or to every flag), newest first."""
     from .app import get_app
@@ -330,14 +379,16 @@ def _with_app(use: Callable[[Any], Awaitable[T]]) -> T:
     return _run(go)
 
 
-@main.group()
+@cli.group()
 def dead() -> None:
     """Dead letters: jobs that ran out of tries (kept in PostgreSQL)."""
 
 
 @dead.command("list")
 @click.option("--job", help="Only this job's dead letters.")
-@click.option("--limit", default=50, show_default=True, help="How many to show.")
+@click.option(
+    "--limit", default=50, show_default=True, type=click.IntRange(1), help="How many to show."
+)
 def dead_list(job: str | None, limit: int) -> None:
     """Dead letters, newest first."""
     letters = _with_app(lambda app: app.dead.list(job, limit=limit))
@@ -391,19 +442,43 @@ def dead_retry(dead_id: int | None, all_: bool, job: str | None) -> None:
 @dead.command("purge")
 @click.option("--older-than", help="Only those that last failed longer ago, e.g. 30d, 12h.")
 @click.option("--job", help="Only this job's.")
-def dead_purge(older_than: str | None, job: str | None) -> None:
-    """Delete dead letters."""
+@click.option("--dry-run", is_flag=True, help="Print what would be deleted; delete nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (needed when not on a terminal).")
+def dead_purge(older_than: str | None, job: str | None, dry_run: bool, yes: bool) -> None:
+    """Delete dead letters (asks first; --dry-run shows what would go)."""
     from .retries import parse_duration
 
     try:
         age = parse_duration(older_than) if older_than is not None else None
     except AsyncJobsError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from exc
-    count = _with_app(lambda app: app.dead.purge(age, job=job))
+    letters = _with_app(lambda app: app.dead.matching(age, job=job))
+    if not letters:
+        click.echo("no dead letters match")
+        return
+    if dry_run:
+        for d in letters:
+            when = f"{d.last_failed_at:%Y-%m-%d %H:%M:%S}"
+            click.echo(f"would purge {d.id}: {d.job_name} (last failed {when})")
+        click.echo(f"{len(letters)} dead letter(s) would be purged (dry run: none was)")
+        return
+    what = (
+        f"{len(letters)} dead letter(s)"
+        + (f" of {job}" if job else "")
+        + (f" older than {older_than}" if older_than else "")
+    )
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.ClickException(
+                f"this would delete {what}; pass --yes to confirm (or --dry-run to look first)"
+            )
+        click.confirm(f"Delete {what}? This cannot be undone", abort=True, err=True)
+    ids = [d.id for d in letters]
+    count = _with_app(lambda app: app.dead.purge(age, job=job, ids=ids))
     click.echo(f"purged {count} dead letter(s)")
 
 
-@main.command()
+@cli.command()
 @click.argument("name", required=False)
 @click.option("--list", "list_", is_flag=True, help="List the reconcilers instead.")
 def reconcile(name: str | None, list_: bool) -> None:
@@ -444,7 +519,7 @@ def reconcile(name: str | None, list_: bool) -> None:
     )
 
 
-@main.command()
+@cli.command()
 def shell() -> None:
     """An asyncio Python shell with the App connected: `await flags.enable(...)` works.
 
@@ -456,19 +531,42 @@ def shell() -> None:
     run_shell()
 
 
-@main.command()
-@click.option("--migrate/--no-migrate", default=True, help="Apply the schema once started.")
-def dev(migrate: bool) -> None:
+@cli.command()
+@click.option(
+    "--migrate/--no-migrate",
+    default=True,
+    show_default=True,
+    help="Apply asyncjobs' schema once started (so `asyncjobs migrate` has nothing to do).",
+)
+@click.option(
+    "--port-redis", type=click.IntRange(1, 65535), help="Redis's port (default: a free one)."
+)
+@click.option(
+    "--port-postgres",
+    type=click.IntRange(1, 65535),
+    help="PostgreSQL's port (default: a free one).",
+)
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Also write the export lines to this file once the servers are up (`source` it).",
+)
+def dev(
+    migrate: bool, port_redis: int | None, port_postgres: int | None, env_file: str | None
+) -> None:
     """Start throwaway Redis and PostgreSQL and print the variables that point at them.
 
-    Runs until Ctrl-C, then stops both servers and deletes their data.
+    Runs until Ctrl-C, then stops both servers and deletes their data (and the env file).
+    With --port-redis/--port-postgres the variables are the same every run.
     """
     from ._services import EmbeddedServices, wait_forever
 
     try:
-        services = EmbeddedServices().start()
+        services = EmbeddedServices(redis_port=port_redis, postgres_port=port_postgres).start()
     except AsyncJobsError as exc:
         raise click.ClickException(str(exc)) from exc
+    except RuntimeError as exc:  # a server did not start, e.g. its port is taken
+        raise click.ClickException(f"the servers did not start: {exc}") from exc
     try:
         if migrate:
             from .app import App
@@ -479,14 +577,24 @@ def dev(migrate: bool) -> None:
                     return await app.migrate()
 
             _run(go)
-        click.echo("# Embedded Redis and PostgreSQL are running. In another shell:")
-        for key, value in services.environ.items():
-            click.echo(f"export {key}={value}")
+        exports = [f"export {key}={value}" for key, value in services.environ.items()]
+        if env_file:
+            with open(env_file, "w") as out:
+                out.write("\n".join(exports) + "\n")
+        state = "running, asyncjobs' schema applied" if migrate else "running"
+        click.echo(f"# Embedded Redis and PostgreSQL are {state}. In another shell:")
+        for line in exports:
+            click.echo(line)
+        if env_file:
+            click.echo(f"# (also in {env_file}: source {env_file})")
         click.echo("# Ctrl-C stops them and deletes their data.")
         sys.stdout.flush()
         wait_forever()
     finally:
         services.stop()
+        if env_file:
+            with contextlib.suppress(OSError):
+                os.remove(env_file)
 
 
 def _settings_kwargs(environ: dict[str, str]) -> dict[str, Any]:
@@ -494,3 +602,24 @@ def _settings_kwargs(environ: dict[str, str]) -> dict[str, Any]:
         "redis_url": environ.get("ASYNCJOBS_REDIS_URL"),
         "database_url": environ.get("ASYNCJOBS_DATABASE_URL"),
     }
+
+
+def main() -> None:
+    """The ``asyncjobs`` command: :func:`cli`, with every error said in one line.
+
+    A wrong option or argument is one ``Error: ...`` line naming it (no usage
+    block), exit status 2; any other failure one ``Error: ...`` line, status 1.
+    """
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.UsageError as exc:
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted: nothing was changed.", err=True)
+        sys.exit(1)

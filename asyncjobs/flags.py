@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from .middleware import EnqueueRequest, ExecutionRequest
 
 CHANNEL = "asyncjobs_flags"
+_FLUSH_AFTER_S = 1.0
+"""Counted rejections and skips reach PostgreSQL within about this long."""
 _GRACE_S = 0.05
 """How much longer than ``flag_timeout`` a caller waits for a shared load."""
 _VALID = re.compile(r"^[a-z][a-z0-9_]{0,127}$")
@@ -141,6 +143,7 @@ class FlagStore:
         self._fresh_until = 0.0
         self._loading: asyncio.Future[None] | None = None
         self._changes: dict[str, bool] | None = None  # notified during the load in flight
+        self._flusher: asyncio.Task[None] | None = None
         self._listener: Any = None
         self._unavailable = False
         self._counts: Counter[tuple[str, str]] = Counter()
@@ -166,8 +169,25 @@ class FlagStore:
         return name in snapshot if snapshot is not None else self.fail_closed
 
     def count(self, name: str, kind: str) -> None:
-        """Count a rejected enqueue or skipped execution; written to PostgreSQL in batches."""
+        """Count a rejected enqueue or skipped execution; written to PostgreSQL in batches,
+        within about a second (with the next snapshot load, or on their own)."""
         self._counts[(name, kind)] += 1
+        if self._flusher is None or self._flusher.done():
+            # Without an event loop, the next load or close() writes them.
+            with contextlib.suppress(RuntimeError):
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(_FLUSH_AFTER_S)
+        if not self._counts:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                pool = await self._app.db()
+                async with pool.acquire() as conn:
+                    await self._flush_counts(conn)
+        except Exception:  # kept for the next load or flush
+            pass
 
     # -- loading ----------------------------------------------------------
 
@@ -224,6 +244,14 @@ class FlagStore:
 
     def _unreachable(self, exc: BaseException) -> None:
         """Serve the last snapshot (or the fail-open/closed default) for a while; say so once."""
+        if self._app.settings.database_url is None:
+            # No store configured (a process that only enqueues, say): no kill switch here,
+            # which is a choice, not an outage.
+            self._fresh_until = time.monotonic() + 60.0
+            if not self._unavailable:
+                self._unavailable = True
+                _log.debug(logs.FLAGS_UNAVAILABLE, error="ASYNCJOBS_DATABASE_URL is not set")
+            return
         self._fresh_until = time.monotonic() + min(self.ttl, 1.0)
         if self._unavailable:
             return
@@ -343,6 +371,11 @@ class FlagStore:
 
     async def close(self) -> None:
         """Flush pending counts (best effort) and close the notification connection."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None and not flusher.done():
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.remove_termination_listener(self._listener_lost)

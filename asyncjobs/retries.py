@@ -22,7 +22,7 @@ import json
 import random
 import re
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -102,14 +102,14 @@ class DeadLetter:
     redacted: bool
     tries: int
     error: str
-    traceback: str
+    traceback: str = field(repr=False)  # `asyncjobs dead show ID` prints it
     first_failed_at: datetime
     last_failed_at: datetime
     reason: str = "failed"
     """``failed`` (out of tries, or given up on), ``tries_exhausted`` (claimed more often
     than ``max_tries``, e.g. by crashing its workers), or, for a payload the worker could
     not run at all, ``unknown_job``, ``bad_payload`` or ``bad_arguments``."""
-    payload: bytes | None = None
+    payload: bytes | None = field(default=None, repr=False)
     """The job's payload as it was in Redis, for ``unknown_job`` and ``bad_payload``."""
 
 
@@ -311,14 +311,37 @@ class DeadLetters:
                 done.append((letter.id, await self.retry(letter.id)))
         return done
 
-    async def purge(self, older_than: timedelta | None = None, *, job: str | None = None) -> int:
-        """Delete dead letters (last failed more than ``older_than`` ago, if given); the count."""
+    async def matching(
+        self, older_than: timedelta | None = None, *, job: str | None = None
+    ) -> builtins.list[DeadLetter]:
+        """The dead letters :meth:`purge` would delete, newest first."""
+        pool = await self._app.db()
+        rows = await pool.fetch(
+            f"SELECT {_COLUMNS} FROM asyncjobs.dead_letters WHERE ($1::interval IS NULL "
+            "OR last_failed_at < now() - $1::interval) AND ($2::text IS NULL OR job_name = $2) "
+            "ORDER BY last_failed_at DESC, id DESC",
+            older_than,
+            job,
+        )
+        return [_row(r) for r in rows]
+
+    async def purge(
+        self,
+        older_than: timedelta | None = None,
+        *,
+        job: str | None = None,
+        ids: builtins.list[int] | None = None,
+    ) -> int:
+        """Delete dead letters (last failed more than ``older_than`` ago, of ``job``, and
+        among ``ids``, each if given); the count."""
         pool = await self._app.db()
         result = await pool.execute(
             "DELETE FROM asyncjobs.dead_letters WHERE ($1::interval IS NULL "
-            "OR last_failed_at < now() - $1::interval) AND ($2::text IS NULL OR job_name = $2)",
+            "OR last_failed_at < now() - $1::interval) AND ($2::text IS NULL OR job_name = $2) "
+            "AND ($3::bigint[] IS NULL OR id = ANY($3::bigint[]))",
             older_than,
             job,
+            ids,
         )
         return int(result.split()[-1])
 

@@ -349,7 +349,12 @@ class Worker:
 
     def _warn_about_pools(self) -> None:
         settings = self.app.settings
-        if settings.database_url is None or self.max_jobs <= settings.database_pool_size:
+        if settings.database_url is None:
+            return
+        # Say at start, not at the first job, that PostgreSQL is unreachable (the App logs
+        # database.unavailable); jobs that do not need it run meanwhile.
+        self._background.append(asyncio.create_task(self._check_database()))
+        if self.max_jobs <= settings.database_pool_size:
             return
         _log.warning(
             logs.DATABASE_POOL_SMALL,
@@ -360,6 +365,10 @@ class Worker:
             "asks for a second can stall; raise ASYNCJOBS_DATABASE_POOL_SIZE (within the "
             "server's max_connections) or lower ASYNCJOBS_MAX_JOBS",
         )
+
+    async def _check_database(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.app.db()
 
     def stop(self, *, now: bool = False) -> None:
         """Stop claiming and wind down (as on SIGTERM); ``now=True`` as on a second signal."""

@@ -9,17 +9,42 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import atexit
 import code
+import contextlib
 import inspect
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
-BANNER = """asyncjobs shell: top-level await works.
-In scope: app, flags, enqueue, asyncjobs, and the registered jobs.
+BANNER = """asyncjobs shell: top-level await works; line editing, history, Tab completes.
+In scope: app, flags, dead, enqueue, cancel, asyncjobs, asyncio, and the registered jobs.
   await flags.enable("disable_invoice_job", reason="...")
   await flags.list()
+  await dead.list()
 Ctrl-D exits."""
+HISTORY = Path.home() / ".asyncjobs_history"
+
+
+def _line_editing(namespace: dict[str, Any]) -> None:
+    """readline's editing, history (kept in ~/.asyncjobs_history) and Tab completion."""
+    try:
+        import readline
+        import rlcompleter
+    except ImportError:  # a Python built without readline: plain input still works
+        return
+    readline.set_completer(rlcompleter.Completer(namespace).complete)
+    readline.parse_and_bind("tab: complete")
+    with contextlib.suppress(OSError):
+        readline.read_history_file(HISTORY)
+    readline.set_history_length(1000)
+
+    def save() -> None:
+        with contextlib.suppress(OSError):
+            readline.write_history_file(HISTORY)
+
+    atexit.register(save)
 
 
 class AsyncConsole(code.InteractiveConsole):
@@ -51,7 +76,10 @@ def run_shell() -> None:
         "asyncjobs": asyncjobs,
         "app": app,
         "flags": app.flags,
+        "dead": app.dead,
         "enqueue": app.enqueue,
+        "cancel": app.cancel,
+        "asyncio": asyncio,
         "__name__": "__asyncjobs_shell__",
     }
     for spec in app.registry:
@@ -59,6 +87,8 @@ def run_shell() -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     console = AsyncConsole(namespace, loop)
+    if sys.stdin.isatty():
+        _line_editing(namespace)
     try:
         console.interact(banner=BANNER if sys.stdin.isatty() else "", exitmsg="")
     finally:

@@ -39,7 +39,7 @@ def run_module(
         [sys.executable, "-m", *args],
         env={**base, "PYTHONPATH": str(ROOT), **(env or {})},
         cwd=ROOT,
-        input=stdin,
+        input=stdin if stdin is not None else "",  # never a terminal: commands must not ask
         capture_output=True,
         text=True,
         timeout=120,

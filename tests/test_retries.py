@@ -217,7 +217,12 @@ async def test_dead_letter_cli_in_a_subprocess(
     assert bad_age.returncode == 2
     assert "'30x' is not a duration" in bad_age.stderr
     kept = cli("dead", "purge", "--older-than", "30d", env=env)
-    assert "purged 0 dead letter(s)" in kept.stdout
-    gone = cli("dead", "purge", env=env)
+    assert "no dead letters match" in kept.stdout
+    refused = cli("dead", "purge", env=env)  # not a terminal, no --yes: nothing deleted
+    assert refused.returncode == 1
+    assert "pass --yes to confirm" in refused.stderr
+    dry = cli("dead", "purge", "--dry-run", env=env)
+    assert "1 dead letter(s) would be purged" in dry.stdout
+    gone = cli("dead", "purge", "--yes", env=env)
     assert "purged 1 dead letter(s)" in gone.stdout
     assert await migrated.dead.list() == []

@@ -66,3 +66,17 @@ async def stats(pool: Any) -> dict[str, int]:
         """
     )
     return {key: int(value) for key, value in row.items()}
+
+
+async def _main() -> None:
+    import asyncjobs
+
+    async with asyncjobs.App() as app:
+        await create_schema(await app.db())
+    print("the provisioning example's tables are in place")
+
+
+if __name__ == "__main__":  # python -m examples.provisioning.schema
+    import asyncio
+
+    asyncio.run(_main())

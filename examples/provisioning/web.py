@@ -52,6 +52,7 @@ async def lifespan(web: Starlette) -> AsyncIterator[None]:
     async with asyncjobs.App() as jobs:
         previous = asyncjobs.set_app(jobs)  # module-level enqueue() uses it
         web.state.db = await jobs.db()
+        await schema.create_schema(web.state.db)  # the example's tables, if missing
         try:
             yield
         finally:

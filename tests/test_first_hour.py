@@ -1,0 +1,339 @@
+"""A new user's first hour: the installed ``asyncjobs`` command, run from a directory
+holding the user's own module, never ``python -m`` with PYTHONPATH set."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import structlog
+
+from asyncjobs import App, Settings
+from asyncjobs.testing import WorkerProcess, free_port
+
+COMMAND = str(Path(sys.executable).parent / "asyncjobs")  # the console script, as installed
+ARQ = str(Path(sys.executable).parent / "arq")
+
+USER_MODULE = """
+import asyncjobs
+
+@asyncjobs.job
+async def send_welcome_email(ctx, user_id: int) -> None:
+    await ctx["redis"].rpush("welcomed", user_id)
+
+@asyncjobs.job(max_tries=1)
+async def always_fails(ctx, n: int) -> None:
+    raise ValueError(f"bad {n}")
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A user's project directory: ``myapp/jobs.py``, nothing else."""
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "jobs.py").write_text(USER_MODULE)
+    return tmp_path
+
+
+def _env(**extra: str) -> dict[str, str]:
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_") and k != "PYTHONPATH"
+    }
+    return {**base, "ASYNCJOBS_IMPORTS": "myapp.jobs", **extra}
+
+
+def run(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [COMMAND, *args],
+        cwd=project,
+        env=_env(**env),
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_successful_command_prints_its_result_only(
+    project: Path, redis_url: str, database_url: str
+) -> None:
+    env = {"ASYNCJOBS_REDIS_URL": redis_url, "ASYNCJOBS_DATABASE_URL": database_url}
+    assert run(project, "migrate", **env).returncode == 0
+    stopped = run(project, "jobs", "disable", "send_welcome_email", "--reason", "test", **env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.splitlines()[0] == "disable_send_welcome_email is now ON (did not exist)"
+    assert "Undo: asyncjobs jobs enable send_welcome_email" in stopped.stdout
+    assert stopped.stderr == ""  # no log events at the default level
+    listed = run(project, "jobs", "list", **env)
+    assert "send_welcome_email" in listed.stdout
+    assert "STOPPED" in listed.stdout
+    assert listed.stderr == ""
+
+
+def test_a_failing_command_prints_one_line_and_a_traceback_only_at_debug(project: Path) -> None:
+    env = {"ASYNCJOBS_DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/db"}
+    failed = run(project, "dead", "list", **env, ASYNCJOBS_DATABASE_TIMEOUT="1")
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines() == [
+        line for line in failed.stderr.strip().splitlines() if line.startswith("Error: ")
+    ]
+    assert len(failed.stderr.strip().splitlines()) == 1
+    assert "is unreachable" in failed.stderr
+    debug = run(project, "dead", "list", **env, ASYNCJOBS_LOG_LEVEL="debug")
+    assert "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("dead", "list", "--limit", "-1"),
+        ("dead", "list", "--limit", "0"),
+        ("dead", "list", "--limit", "abc"),
+        ("flags", "history", "--limit", "-1"),
+        ("dead", "purge", "--older-than", "-3d"),
+        ("dev", "--port-redis", "0"),
+        ("dev", "--port-postgres", "70000"),
+    ],
+)
+def test_bad_numbers_and_durations_are_one_line_naming_the_option(
+    project: Path, args: tuple[str, ...]
+) -> None:
+    result = run(project, *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    assert args[-2] in lines[0]  # the option's name
+
+
+def test_purge_asks_on_a_terminal_and_nothing_goes_when_the_answer_is_no(
+    project: Path, redis_url: str, database_url: str
+) -> None:
+    async def one_dead_letter() -> None:
+        async with App(Settings(redis_url=redis_url, database_url=database_url)) as app:
+            await app.migrate()
+            await app.dead.record_unrunnable(
+                reason="unknown_job",
+                job_name="gone_job",
+                job_id="j",
+                queue="arq:queue",
+                payload=b"{}",
+                args=[],
+                kwargs={},
+                tries=1,
+                error="no such job",
+            )
+
+    asyncio.run(one_dead_letter())
+    env = _env(ASYNCJOBS_REDIS_URL=redis_url, ASYNCJOBS_DATABASE_URL=database_url)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command on a terminal
+        os.chdir(project)
+        os.execve(COMMAND, [COMMAND, "dead", "purge"], env)
+    output = b""
+    deadline = time.monotonic() + 60
+    while b"[y/N]" not in output and time.monotonic() < deadline:
+        output += os.read(fd, 1024)
+    os.write(fd, b"n\n")
+    while True:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    assert b"Delete 1 dead letter(s)?" in output
+    assert os.waitstatus_to_exitcode(status) == 1
+    listed = run(
+        project, "dead", "list", **{k: v for k, v in env.items() if k.startswith("ASYNCJOBS_")}
+    )
+    assert "gone_job" in listed.stdout
+
+
+def test_dev_gives_stable_settings_in_a_file_to_source(project: Path) -> None:
+    redis_port, postgres_port = free_port(), free_port()
+    env_file = project / "asyncjobs.env"
+    proc = subprocess.Popen(
+        [
+            COMMAND,
+            "dev",
+            "--port-redis",
+            str(redis_port),
+            "--port-postgres",
+            str(postgres_port),
+            "--env-file",
+            str(env_file),
+        ],
+        cwd=project,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not env_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        lines = env_file.read_text().splitlines()
+        assert lines == [
+            f"export ASYNCJOBS_REDIS_URL=redis://127.0.0.1:{redis_port}/0",
+            f"export ASYNCJOBS_DATABASE_URL=postgresql://postgres@127.0.0.1:{postgres_port}/postgres",
+        ]
+        settings = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+        migrate = run(project, "migrate", **settings)
+        assert migrate.stdout.strip() == "schema is up to date"  # dev applied it already
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert "asyncjobs' schema applied" in out
+    assert not env_file.exists()  # stopped: the servers and their settings are gone
+
+
+def test_flags_enable_warns_of_a_flag_that_stops_no_job(
+    project: Path, redis_url: str, database_url: str
+) -> None:
+    env = {"ASYNCJOBS_REDIS_URL": redis_url, "ASYNCJOBS_DATABASE_URL": database_url}
+    assert run(project, "migrate", **env).returncode == 0
+    typo = run(project, "flags", "enable", "disable_send_welcome_emial", **env)
+    assert typo.returncode == 0
+    assert "no registered job is named 'send_welcome_emial'" in typo.stderr
+    known = run(project, "flags", "enable", "disable_send_welcome_email", **env)
+    assert known.stderr == ""
+
+
+async def test_rejected_counts_reach_flags_list_without_another_enqueue(
+    project: Path, redis_url: str, database_url: str
+) -> None:
+    from tests.workerjobs import record_args
+
+    settings = Settings(redis_url=redis_url, database_url=database_url)
+    async with App(settings) as app:
+        await app.migrate()
+        await app.flags.enable("disable_record_args", actor="test")
+        assert await app.enqueue(record_args, 1) is None
+        env = {"ASYNCJOBS_REDIS_URL": redis_url, "ASYNCJOBS_DATABASE_URL": database_url}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # this process stays idle meanwhile
+            listed = await asyncio.to_thread(run, project, "flags", "list", **env)
+            row = next(x for x in listed.stdout.splitlines() if x.startswith("disable_record_args"))
+            if row.split()[2] == "1":
+                break
+            await asyncio.sleep(0.3)
+        assert row.split()[2] == "1"  # the rejected column
+
+
+async def test_a_process_without_a_database_enqueues_without_flag_warnings(redis_url: str) -> None:
+    from tests.workerjobs import record_args
+
+    with structlog.testing.capture_logs() as logged:
+        async with App(Settings(redis_url=redis_url)) as app:
+            assert await app.enqueue(record_args, 1) is not None
+            assert await app.enqueue(record_args, 2) is not None
+    assert [e for e in logged if e["log_level"] in ("warning", "error")] == []
+
+
+def test_a_worker_says_at_start_that_postgresql_is_unreachable(
+    project: Path, redis_url: str
+) -> None:
+    env = {
+        **_env(),
+        "ASYNCJOBS_REDIS_URL": redis_url,
+        "ASYNCJOBS_DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/db",
+        "ASYNCJOBS_DATABASE_TIMEOUT": "1",
+    }
+    worker = WorkerProcess(env, cwd=project)
+    worker.argv = [ARQ, "asyncjobs.WorkerSettings"]
+    with worker:
+        worker.wait_for("database.unavailable", timeout=30)
+    event = next(json.loads(x) for x in worker.lines if "database.unavailable" in x)
+    assert event["level"] == "warning"
+
+
+def _first_hour_commands() -> list[str]:
+    """The command lines of the README's "First hour" check list, comments removed."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("## First hour", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = []
+    for raw in block.splitlines():
+        line = raw.split("  #", 1)[0].strip()
+        if line and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+def test_the_first_hour_check_list_top_to_bottom(project: Path) -> None:
+    commands = _first_hour_commands()
+    ports = {"6390": str(free_port()), "5490": str(free_port())}
+    env = _env()
+    ran: list[str] = []
+    dev: subprocess.Popen[str] | None = None
+    worker: WorkerProcess | None = None
+    job_id = ""
+    try:
+        for line in commands:
+            for fixed, free in ports.items():
+                line = line.replace(fixed, free)
+            line = line.replace("JOB_ID", job_id)
+            words = shlex.split(line)
+            if words[0] in ("python3", "pip", "mkdir"):  # the venv and the module: in place
+                ran.append(line)
+                continue
+            if words[0] == "export":
+                key, value = words[1].split("=", 1)
+                env[key] = value
+            elif words[0] == "source":
+                env_file = project / words[1]
+                deadline = time.monotonic() + 90
+                while not env_file.exists() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                for exported in env_file.read_text().splitlines():
+                    key, value = exported.removeprefix("export ").split("=", 1)
+                    env[key] = value
+            elif words[:2] == ["asyncjobs", "dev"]:
+                dev = subprocess.Popen(
+                    [COMMAND, *words[1:]], cwd=project, env=env, stdout=subprocess.PIPE, text=True
+                )
+            elif words[0] == "arq":
+                worker = WorkerProcess(env, cwd=project)
+                worker.argv = [ARQ, *words[1:]]
+                worker.start()
+            else:
+                # the activated venv's commands
+                executable = {"asyncjobs": COMMAND, "python": sys.executable}[words[0]]
+                argv = [executable, *words[1:]]
+                result = subprocess.run(
+                    argv, cwd=project, env=env, capture_output=True, text=True, timeout=120
+                )
+                assert result.returncode == 0, (line, result.stdout, result.stderr)
+                if words[0] == "python":
+                    job_id = result.stdout.strip().removeprefix("<arq job ").rstrip(">")
+                if words[:2] == ["asyncjobs", "check"]:
+                    assert result.stdout.split() == ["redis", "ok", "postgres", "ok"]
+                if words[:2] == ["asyncjobs", "migrate"]:
+                    assert result.stdout.strip() == "schema is up to date"
+                if words[:3] == ["asyncjobs", "jobs", "cancel"]:
+                    assert result.stdout.startswith(f"job {job_id} cancelled: removed from queue")
+            ran.append(line)
+        assert worker is not None
+        worker.wait_for('"event": "job.succeeded"')
+    finally:
+        if worker is not None:
+            worker.stop()
+        if dev is not None:
+            dev.send_signal(signal.SIGINT)
+            dev.communicate(timeout=60)
+    assert len(ran) == len(commands)
+    assert job_id

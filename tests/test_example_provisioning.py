@@ -20,7 +20,7 @@ import pytest
 
 from asyncjobs import App
 from asyncjobs.testing import WorkerProcess
-from examples.provisioning import schema, web
+from examples.provisioning import web
 from tests.conftest import ROOT
 
 EXAMPLE_ENV = {
@@ -36,8 +36,7 @@ async def client(
     app: App, redis_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The example's web app with its lifespan, configured like its worker."""
-    await app.migrate()
-    await schema.create_schema(await app.db())
+    await app.migrate()  # asyncjobs' schema; the example's own tables come from its lifespan
     monkeypatch.setenv("ASYNCJOBS_REDIS_URL", redis_url)
     monkeypatch.setenv("ASYNCJOBS_DATABASE_URL", database_url)
     async with web.app.router.lifespan_context(web.app):
@@ -64,6 +63,13 @@ async def _stats(client: httpx.AsyncClient) -> dict[str, int]:
     response = await client.get("/stats")
     assert response.status_code == 200
     return dict(response.json())
+
+
+async def test_the_app_creates_its_tables_at_start_so_a_first_request_works(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await client.post("/databases", json={"name": "first", "owner_email": "a@b.io"})
+    assert created.status_code == 202, created.text
 
 
 async def test_bad_requests_get_a_clear_400_and_write_nothing(

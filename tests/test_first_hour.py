@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import pty
+import select
 import shlex
 import signal
 import subprocess
@@ -144,15 +145,9 @@ def test_purge_asks_on_a_terminal_and_nothing_goes_when_the_answer_is_no(
     output = b""
     deadline = time.monotonic() + 60
     while b"[y/N]" not in output and time.monotonic() < deadline:
-        output += os.read(fd, 1024)
+        output += _read(fd, deadline)
     os.write(fd, b"n\n")
-    while True:
-        try:
-            chunk = os.read(fd, 1024)
-        except OSError:
-            break
-        if not chunk:
-            break
+    while chunk := _read(fd, deadline):
         output += chunk
     _, status = os.waitpid(pid, 0)
     assert b"Delete 1 dead letter(s)?" in output
@@ -337,3 +332,73 @@ def test_the_first_hour_check_list_top_to_bottom(project: Path) -> None:
             dev.communicate(timeout=60)
     assert len(ran) == len(commands)
     assert job_id
+
+
+def test_the_shell_edits_lines_keeps_history_and_has_asyncio_and_dead_letters(
+    project: Path, redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    async def one_dead_letter() -> None:
+        async with App(Settings(redis_url=redis_url, database_url=database_url)) as app:
+            await app.migrate()
+            await app.dead.record_unrunnable(
+                reason="unknown_job",
+                job_name="gone_job",
+                job_id="j",
+                queue="arq:queue",
+                payload=b"{}",
+                args=[],
+                kwargs={},
+                tries=1,
+                error="no such job",
+            )
+
+    asyncio.run(one_dead_letter())
+    env = _env(
+        ASYNCJOBS_REDIS_URL=redis_url, ASYNCJOBS_DATABASE_URL=database_url, HOME=str(tmp_path)
+    )
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the shell on a terminal
+        os.chdir(project)
+        os.execve(COMMAND, [COMMAND, "shell"], env)
+    output = b""
+
+    def read_until(marker: bytes, count: int = 1) -> None:
+        nonlocal output
+        deadline = time.monotonic() + 30
+        while output.count(marker) < count and time.monotonic() < deadline:
+            output += _read(fd, deadline)
+
+    read_until(b">>> ")
+    os.write(fd, b"6 * 7\n")
+    read_until(b"42")
+    os.write(fd, b"\x1b[A\n")  # the Up arrow: the line again, from the history
+    read_until(b"42", 2)  # the first result, then the recalled line's
+    os.write(fd, b"asyncio.sleep.__name__\n")
+    read_until(b"'sleep'")
+    os.write(fd, b"(await dead.list())[0]\n")
+    read_until(b"gone_job")
+    read_until(b">>> ")
+    os.write(fd, b"\x04")  # Ctrl-D
+    deadline = time.monotonic() + 30
+    while chunk := _read(fd, deadline):
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    text = output.decode(errors="replace")
+    assert "^[[A" not in text  # the arrow edited the line instead of being typed in
+    assert text.count("6 * 7\r\n42") == 2
+    assert "'sleep'" in text
+    assert "DeadLetter(id=1, job_name='gone_job'" in text
+    assert "traceback=" not in text  # a short repr
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "6 * 7" in (tmp_path / ".asyncjobs_history").read_text()
+
+
+def _read(fd: int, deadline: float) -> bytes:
+    """What the terminal has to say before ``deadline``; ``b""`` at its end or on time-out."""
+    ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+    if not ready:
+        return b""
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # the other side closed
+        return b""

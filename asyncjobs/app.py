@@ -31,7 +31,14 @@ from ._arq import ArqRedis, AsyncScript, ConnectionPool, Job
 from .enqueue import ENQUEUE_LUA, ENQUEUE_UNIQUE_LUA, split_options, write_job
 from .exceptions import DatabaseUnavailableError
 from .jobs import Registry, default_registry
-from .middleware import EnqueueRequest, ExecutionRequest, Handler, Middleware, compose
+from .middleware import (
+    EnqueueRequest,
+    ExecutionRequest,
+    Handler,
+    Middleware,
+    MiddlewareList,
+    compose,
+)
 from .retries import DeadLetters
 from .serializer import deserialize, serialize
 from .settings import Settings, redact
@@ -70,8 +77,10 @@ class App:
         from .reconcilers import default_reconcilers
 
         self.reconcilers = reconcilers if reconcilers is not None else default_reconcilers
-        self.client_middleware: list[Middleware[EnqueueRequest]] = []
-        self.server_middleware: list[Middleware[ExecutionRequest]] = []
+        self.client_middleware: MiddlewareList[EnqueueRequest] = MiddlewareList()
+        """Wraps every enqueue, first = outermost; changes apply from the next enqueue."""
+        self.server_middleware: MiddlewareList[ExecutionRequest] = MiddlewareList()
+        """Wraps every execution, first = outermost; read when a worker starts."""
         if kill_switch:
             self.client_middleware.append(flags_module.kill_switch)
             self.server_middleware.append(flags_module.execution_gate)
@@ -86,7 +95,9 @@ class App:
         self._lock_db: asyncpg.Pool | None = None
         self._db_lock = asyncio.Lock()
         self._client_chain: Handler[EnqueueRequest] | None = None
+        self._client_version = -1
         self._bulk_chain: Handler[EnqueueRequest] | None = None
+        self._bulk_version = -1
         self._enqueue_scripts: dict[bool, AsyncScript] = {}
 
     async def __aenter__(self) -> App:
@@ -130,9 +141,10 @@ class App:
 
     def bulk_chain(self) -> Handler[EnqueueRequest]:
         """The client chain whose innermost step collects jobs for a batch write."""
-        if self._bulk_chain is None:
+        if self._bulk_chain is None or self._bulk_version != self.client_middleware.version:
             from .bulk import bulk_chain
 
+            self._bulk_version = self.client_middleware.version
             self._bulk_chain = bulk_chain(self)
         return self._bulk_chain
 
@@ -189,7 +201,8 @@ class App:
         spec = self.registry.resolve(job)
         job_kwargs, options = split_options(spec, args, kwargs)
         chain = self._client_chain
-        if chain is None:
+        if chain is None or self._client_version != self.client_middleware.version:
+            self._client_version = self.client_middleware.version
             chain = self._client_chain = compose(self.client_middleware, write_job)
         result: Job | None = await chain(EnqueueRequest(self, spec, args, job_kwargs, options))
         return result

@@ -246,3 +246,19 @@ def test_a_circular_or_bad_argument_does_not_spoil_later_payloads() -> None:
         assert serialize_job("record_args", (shared, shared), {}, None, 1) == (
             b'{"t":null,"f":"record_args","a":[[1,2],[1,2]],"k":{},"et":1}'
         )
+
+
+async def test_client_middleware_added_after_the_first_enqueue_takes_effect(
+    app: App, redis: aioredis.Redis
+) -> None:
+    assert await app.enqueue(record_args, "before") is not None  # the chain is built now
+
+    async def refuse(request: Any, call_next: Any) -> None:
+        return None
+
+    app.client_middleware.append(refuse)
+    assert await app.enqueue(record_args, "after") is None  # the chain was built anew
+    assert await app.enqueue_many(record_args, ["bulk"]) == [None]
+    app.client_middleware.remove(refuse)
+    assert await app.enqueue(record_args, "again") is not None
+    assert await redis.zcard("arq:queue") == 2

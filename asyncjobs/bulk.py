@@ -137,7 +137,7 @@ def _split_item(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return (item,), {}
 
 
-async def enqueue_stream(
+async def enqueue_stream(  # noqa: C901 -- one loop: batching, overlap of sends, and every way a stream ends
     app: App,
     job: Any,
     items: Iterable[Any] | AsyncIterable[Any],

@@ -163,7 +163,7 @@ def _check_text(key: str, value: Any) -> None:
             raise InvalidOptionError(str(exc)) from None
 
 
-def _check_options(job_name: str, options: dict[str, Any]) -> None:
+def _check_options(job_name: str, options: dict[str, Any]) -> None:  # noqa: C901 -- one check per option, in the order a reader looks for them
     if len(options) == 1 and "_job_id" in options:  # reconcilers: a stable id per job
         _check_text("_job_id", options["_job_id"])
         return

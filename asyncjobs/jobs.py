@@ -119,7 +119,7 @@ def _signature_without_first(fn: Callable[..., Any], origin: str, first: str) ->
     return sig.replace(parameters=rest)
 
 
-def build_spec(
+def build_spec(  # noqa: C901 -- one check per @job option, each with its own message
     target: Any,
     *,
     name: str | None = None,

@@ -102,7 +102,7 @@ class Settings:
     log_format: str = _env("LOG_FORMAT", "auto", "auto, json or console (auto: console on a TTY)")
     log_level: str = _env("LOG_LEVEL", "info", "debug, info, warning or error (default info)")
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # noqa: C901 -- one check per setting, each naming its variable
         if self.redis_url is not None:
             _check_url(self.redis_url, _REDIS_SCHEMES, PREFIX + "REDIS_URL", "redis://host:6379/0")
         if self.database_url is not None:

@@ -269,7 +269,7 @@ def _first_hour_commands() -> list[str]:
     return lines
 
 
-def test_the_first_hour_check_list_top_to_bottom(project: Path) -> None:
+def test_the_first_hour_check_list_top_to_bottom(project: Path) -> None:  # noqa: C901 -- runs the README list line by line
     commands = _first_hour_commands()
     ports = {"6390": str(free_port()), "5490": str(free_port())}
     env = _env()
@@ -402,3 +402,38 @@ def _read(fd: int, deadline: float) -> bytes:
         return os.read(fd, 4096)
     except OSError:  # the other side closed
         return b""
+
+
+def test_a_wrong_role_is_reported_as_a_refused_login_not_as_a_stopped_server(
+    project: Path, servers: dict[str, str]
+) -> None:
+    base = servers["postgres"].rsplit("@", 1)[1]  # host:port/db of the suite's own server
+    result = run(project, "migrate", ASYNCJOBS_DATABASE_URL=f"postgresql://nosuchrole@{base}")
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("Error: PostgreSQL at ")
+    assert "refused the login" in line
+    assert 'role "nosuchrole" does not exist' in line
+    assert "is running" not in line
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("ASYNCJOBS_MAX_JOBS", "abc"), ("ASYNCJOBS_IMPORTS", "no_such_module")],
+)
+def test_a_misconfigured_worker_says_so_in_one_line(
+    project: Path, redis_url: str, variable: str, value: str
+) -> None:
+    result = subprocess.run(
+        [ARQ, "asyncjobs.WorkerSettings"],
+        cwd=project,
+        env=_env(ASYNCJOBS_REDIS_URL=redis_url, ASYNCJOBS_LOG_FORMAT="json", **{variable: value}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert json.loads(line)["event"] == "worker.misconfigured"
+    assert variable in json.loads(line)["error"]

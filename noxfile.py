@@ -45,6 +45,9 @@ def wheel(session: nox.Session) -> None:
     """Build the sdist and wheel, install the wheel alone in a fresh venv, run a smoke test."""
     session.install("build")
     with tempfile.TemporaryDirectory(prefix="asyncjobs-wheel-") as tmp:
+        # As root, PostgreSQL runs as an unprivileged user, who must reach the wheel's
+        # binaries inside this directory.
+        Path(tmp).chmod(0o755)
         out, venv = Path(tmp) / "dist", Path(tmp) / "venv"
         session.run("python", "-m", "build", "--outdir", str(out), str(ROOT))
         (sdist,) = out.glob("asyncjobs-*.tar.gz")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +48,10 @@ async def test_enqueues_fail_fast_during_an_outage_and_the_worker_resumes_after(
                 with pytest.raises(RedisUnavailableError) as info:
                     await app.enqueue(record_args, f"during-{i}")
                 failures.append(time.monotonic() - start)
-                assert "Redis is unreachable" in str(info.value)
+                # "not enqueued" when nothing could be sent; "may or may not be enqueued"
+                # when a pooled connection took the write before its close was noticed.
+                said = str(info.value)
+                assert re.search(r"Redis is unreachable|may or may not be enqueued", said)
             assert max(failures) < 5  # each failed within its bound instead of hanging
             worker.wait_for("redis.unavailable", timeout=30)
             await asyncio.sleep(2)  # an outage of some seconds, not a blip

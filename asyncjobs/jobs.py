@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from .exceptions import DuplicateJobError, JobDefinitionError, UnknownJobError
 from .naming import is_valid_job_name, snake_case
+from .retries import BackoffPolicy
 
 T = TypeVar("T")
 SPEC_ATTRIBUTE = "__asyncjobs_job__"
@@ -47,7 +48,7 @@ class JobSpec:
     is_class: bool = False
     arity: tuple[int, int] = (0, 0)
     max_tries: int = 25
-    backoff: Any = None
+    backoff: BackoffPolicy | None = None
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     give_up_on: tuple[type[BaseException], ...] = ()
     redact_args: bool = False
@@ -321,8 +322,6 @@ JOB_OPTIONS = frozenset(
 
 default_registry = Registry()
 """The registry ``@job`` adds to unless given ``registry=``."""
-
-AsyncJobFunction = Callable[..., Awaitable[Any]]
 
 
 @overload

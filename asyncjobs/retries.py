@@ -135,8 +135,6 @@ _COLUMNS = (
     "id, job_name, job_id, queue, args, kwargs, redacted, tries, error, traceback, "
     "first_failed_at, last_failed_at, reason, payload"
 )
-UNRUNNABLE = frozenset({"unknown_job", "bad_payload", "bad_arguments"})
-"""Reasons for which the worker never ran the job: it went straight to the dead letters."""
 
 
 def _row(record: Any) -> DeadLetter:
@@ -215,8 +213,8 @@ class DeadLetters:
         tries: int,
         error: str,
     ) -> int:
-        """Keep a job the worker cannot run (``reason`` in :data:`UNRUNNABLE` or
-        ``tries_exhausted``) with its raw payload; returns the record's id."""
+        """Keep a job the worker cannot run (``reason``: ``unknown_job``, ``bad_payload``,
+        ``bad_arguments`` or ``tries_exhausted``) with its raw payload; returns its id."""
         pool = await self._app.db()
         retried = retried_dead_letter(job_id)
         if retried is not None:

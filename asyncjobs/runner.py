@@ -289,7 +289,6 @@ class Worker:
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._wake = asyncio.Event()
-        self._stopping_since: float | None = None
         self._started = time.time()
         self._rotation = 0
         self._claim_failed = False
@@ -398,7 +397,6 @@ class Worker:
 
     async def _shut_down(self) -> None:
         self._stop.set()
-        self._stopping_since = time.monotonic()
         if self._running and not self._force.is_set():
             force = asyncio.create_task(self._force.wait())
             await _wait_all_or(list(self._running.values()), force, self.shutdown_grace)

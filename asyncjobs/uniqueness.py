@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from .jobs import JobSpec
 
 UNIQUE_PREFIX = "asyncjobs:unique:"
-UNTIL = frozenset({"start", "success"})
 
 _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

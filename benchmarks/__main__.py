@@ -1,7 +1,8 @@
 """`python -m benchmarks [CASE ...]`: run benchmarks against throwaway servers.
 
 Prints a table and writes bench-results.json at the repository root (the
-format is in shared/BENCHMARKS.md). Benchmarks report; they never fail on a
+format: ``{"machine": {...}, "cases": [{"name", "value", "unit", "baseline",
+"ratio", "target", "met", "runs", "notes"}, ...]}``). Benchmarks report; they never fail on a
 missed target. BENCH_REPS (default 5) sets the repetitions.
 """
 

@@ -144,9 +144,11 @@ for i = 2, #ARGV, 6 do
     if mine then
       redis.call('DEL', ip)
       if redis.call('DECR', RETRY .. id) <= 0 then redis.call('DEL', RETRY .. id) end
-      redis.pcall('LPUSH', WAKE .. queue, '1')
-      redis.pcall('LTRIM', WAKE .. queue, 0, 0)
-      redis.pcall('PEXPIRE', WAKE .. queue, 60000)
+      if queue ~= '' then  -- '' when only the id is known (a claim whose reply was lost)
+        redis.pcall('LPUSH', WAKE .. queue, '1')
+        redis.pcall('LTRIM', WAKE .. queue, 0, 0)
+        redis.pcall('PEXPIRE', WAKE .. queue, 60000)
+      end
     end
   end
   redis.call('SREM', KEYS[1], id)

@@ -411,6 +411,10 @@ class Worker:
         try:
             async with asyncio.timeout(bound):
                 await self._drain_pending()
+                # A job claimed but cancelled before its task first ran has no outcome:
+                # whatever this worker still holds in Redis goes back too.
+                await self._release_lost_claims(reason="stopping")
+                await self._drain_pending()
         except TimeoutError:
             _log.error(
                 logs.WORKER_FINISH_FAILED,
@@ -814,9 +818,9 @@ class Worker:
             if job_ids:
                 self._wake.set()
 
-    async def _release_lost_claims(self) -> None:
-        """A claim whose reply was lost may have claimed jobs: hand back any job this
-        worker holds in Redis but is not running."""
+    async def _release_lost_claims(self, reason: str = "lost") -> None:
+        """Hand back any job this worker holds in Redis but neither runs nor has an outcome
+        for: after a claim whose reply was lost, and at shutdown."""
         self._claim_failed = False
         members: set[bytes] = await self.redis.smembers(self._jobs_key)  # type: ignore[misc]
         held = {m.decode() for m in members}
@@ -827,7 +831,7 @@ class Worker:
         for job_id in lost:
             self._pending.append(_Record("Q", Claimed("", job_id, 0, None, 0, False)))
         self._have_pending.set()
-        _log.warning(logs.JOB_REQUEUED, worker_id=self.id, job_ids=sorted(lost), reason="lost")
+        _log.warning(logs.JOB_REQUEUED, worker_id=self.id, job_ids=sorted(lost), reason=reason)
 
     async def _cron_loop(self) -> None:
         window = max(self.poll_delay, 0.5)

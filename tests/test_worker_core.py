@@ -354,3 +354,30 @@ async def _zcard_is(redis: aioredis.Redis, key: str, count: int) -> bool:
 
 async def _no_dead_letters(app: App) -> bool:
     return not await app.dead.list()
+
+
+async def test_jobs_held_without_an_outcome_are_handed_back_when_the_worker_stops(
+    app: App, redis: aioredis.Redis
+) -> None:
+    from asyncjobs.runner import Worker
+
+    worker = Worker(app, handle_signals=False)
+    running = asyncio.create_task(worker.run())
+    await until(lambda: _exists(redis, f"asyncjobs:worker:{worker.id}"), "the worker registered")
+    # What a stop leaves when it cancels a claimed job's task before the task first ran:
+    # the job held in Redis (in-progress key, try counted, in the worker's set), no outcome.
+    job = await app.enqueue(echo, 1, _defer_by=3600)
+    assert job is not None
+    await redis.set(f"arq:in-progress:{job.job_id}", worker.id)
+    await redis.incr(f"arq:retry:{job.job_id}")
+    await redis.sadd(f"asyncjobs:worker-jobs:{worker.id}", job.job_id)
+    worker.stop(now=True)
+    await asyncio.wait_for(running, 30)
+    assert not await redis.exists(f"arq:in-progress:{job.job_id}")  # handed back
+    assert not await redis.exists(f"arq:retry:{job.job_id}")  # the try not counted
+    assert await redis.zscore("arq:queue", job.job_id) is not None  # still queued
+    assert not await redis.exists(f"asyncjobs:worker:{worker.id}")  # deregistered
+
+
+async def _exists(redis: aioredis.Redis, key: str) -> bool:
+    return bool(await redis.exists(key))

@@ -80,6 +80,7 @@ __all__ = [
     "bulk_string",
     "func",
     "ms_to_datetime",
+    "once_client",
     "timestamp_ms",
     "to_unix_ms",
 ]
@@ -275,6 +276,15 @@ def redis_settings(settings: Settings, retry: RedisRetry | None = None) -> Redis
     rs.retry = retry
     rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
     return rs
+
+
+def once_client(settings: Settings) -> Redis:
+    """A client whose commands are sent once, never again after a lost reply (redis-py's
+    default): for calls that must not run twice, such as a claim."""
+    client: Redis = Redis.from_url(
+        settings.require_redis_url(), socket_connect_timeout=max(1.0, settings.redis_timeout)
+    )
+    return client
 
 
 async def worker_redis(settings: Settings, retry: ReconnectingRetry) -> ArqRedis:

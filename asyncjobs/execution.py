@@ -167,11 +167,23 @@ class Outcome:
             await self._failed(request, about, exc, start)
         if spec.unique_for is not None and spec.unique_until == "success":
             await release_unique(request, about)
-        dead_id = retried_dead_letter(about["job_id"])
-        if dead_id is not None:  # a dead letter retried by an operator succeeded
-            await self.app.dead.remove(dead_id)
+        await self._succeeded(request, about)
         _log.info(logs.JOB_SUCCEEDED, **about, duration_ms=_ms_since(start))
         return result
+
+    async def _succeeded(self, request: ExecutionRequest, about: dict[str, Any]) -> None:
+        """Tidy what earlier tries left: a retried dead letter's record, the notes of its
+        first failure and of its waits for a lock. Best effort: the job did succeed."""
+        job_id = str(about["job_id"])
+        try:
+            dead_id = retried_dead_letter(job_id)
+            if dead_id is not None:  # a dead letter retried by an operator succeeded
+                await self.app.dead.remove(dead_id)
+            redis = request.ctx.get("redis")
+            if redis is not None and (int(about["job_try"]) > 1 or self.exclusive):
+                await redis.delete(FIRST_FAILURE_KEY + job_id, LOCK_WAITS_PREFIX + job_id)
+        except Exception as exc:
+            _log.warning(logs.JOB_TIDY_FAILED, **about, error=f"{type(exc).__name__}: {exc}")
 
     async def _locked(
         self, request: ExecutionRequest, about: dict[str, Any], locked: Locked
@@ -223,6 +235,10 @@ class Outcome:
 
     async def _dead(self, request: ExecutionRequest, about: dict[str, Any], exc: Exception) -> None:
         await release_unique(request, about)  # a dead job frees its uniqueness lock
+        redis = request.ctx.get("redis")
+        if self.exclusive and redis is not None:
+            with contextlib.suppress(Exception):
+                await redis.delete(LOCK_WAITS_PREFIX + str(about["job_id"]))
         if not self.dead_letters:
             return
         spec, ctx = self.spec, request.ctx
@@ -299,8 +315,11 @@ async def _count_lock_wait(ctx: dict[str, Any], job_id: str) -> None:
     redis = ctx.get("redis")
     if redis is not None:
         key = LOCK_WAITS_PREFIX + job_id
-        await redis.incr(key)
-        await redis.expire(key, 7 * 86400)
+        try:
+            await redis.incr(key)
+            await redis.expire(key, 7 * 86400)
+        except Exception as exc:  # the wait then counts as a try: better than no retry
+            _log.warning(logs.JOB_TIDY_FAILED, job_id=job_id, error=repr(exc))
 
 
 async def _tries(ctx: dict[str, Any], about: dict[str, Any], exclusive: bool) -> int:
@@ -310,7 +329,11 @@ async def _tries(ctx: dict[str, Any], about: dict[str, Any], exclusive: bool) ->
     redis = ctx.get("redis")
     if not exclusive or redis is None:
         return job_try
-    return job_try - int(await redis.get(LOCK_WAITS_PREFIX + str(about["job_id"])) or 0)
+    try:
+        waits = int(await redis.get(LOCK_WAITS_PREFIX + str(about["job_id"])) or 0)
+    except Exception:  # unknown: count every claim as a try
+        waits = 0
+    return max(1, job_try - waits)
 
 
 async def _first_failure(ctx: dict[str, Any], job_id: str, *, pop: bool) -> datetime | None:

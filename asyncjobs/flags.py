@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import structlog
 
 from . import logs
@@ -144,6 +145,7 @@ class FlagStore:
         self._loading: asyncio.Future[None] | None = None
         self._changes: dict[str, bool] | None = None  # notified during the load in flight
         self._flusher: asyncio.Task[None] | None = None
+        self._listening: asyncio.Future[None] | None = None
         self._listener: Any = None
         self._unavailable = False
         self._counts: Counter[tuple[str, str]] = Counter()
@@ -217,7 +219,10 @@ class FlagStore:
                 conn = await pool.acquire()
                 self.loads += 1
                 rows = await conn.fetch("SELECT name FROM asyncjobs.flags WHERE enabled")
-                await self._flush_counts(conn)
+                try:
+                    await self._flush_counts(conn)
+                except asyncpg.PostgresError as exc:  # counts kept; the snapshot is good
+                    _log.warning(logs.FLAGS_UNAVAILABLE, error=f"counts not saved: {exc}")
             loaded = {r[0] for r in rows}
             for name, value in self._changes.items():
                 if value:
@@ -229,8 +234,9 @@ class FlagStore:
             if self._unavailable:
                 self._unavailable = False
                 _log.info(logs.FLAGS_RECOVERED)
-            if self._listener is None:
-                await self._listen()
+            if self._listener is None and (self._listening is None or self._listening.done()):
+                # Not awaited: a slow LISTEN connect must not hold up the callers.
+                self._listening = asyncio.ensure_future(self._listen())
         except Exception as exc:  # the store is down or slow: serve what we have
             if conn is not None:
                 conn.terminate()  # do not wait for a server that may not answer
@@ -282,15 +288,17 @@ class FlagStore:
 
     async def _listen(self) -> None:
         """Subscribe to change notifications on a dedicated connection (best effort)."""
-        import asyncpg
-
+        conn: Any = None
         try:
-            conn = await asyncio.wait_for(
-                asyncpg.connect(self._app.settings.require_database_url()), self.timeout
-            )
-            await conn.add_listener(CHANNEL, self._notified)
+            async with asyncio.timeout(self.timeout):
+                conn = await asyncpg.connect(self._app.settings.require_database_url())
+                await conn.add_listener(CHANNEL, self._notified)
             conn.add_termination_listener(self._listener_lost)
-        except Exception as exc:
+        except BaseException as exc:  # cancelled by close() too: never leave it open
+            if conn is not None:
+                conn.terminate()
+            if not isinstance(exc, Exception):
+                raise
             _log.warning(logs.FLAGS_UNAVAILABLE, error=f"LISTEN failed: {exc}", serving="ttl")
             return
         self._listener = conn
@@ -376,6 +384,11 @@ class FlagStore:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+        listening, self._listening = self._listening, None
+        if listening is not None and not listening.done():
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.remove_termination_listener(self._listener_lost)

@@ -53,8 +53,10 @@ from ._arq import (
     AsyncScript,
     CronJob,
     ReconnectingRetry,
+    Redis,
     Retry,
     ms_to_datetime,
+    once_client,
     result_record,
     timestamp_ms,
     to_unix_ms,
@@ -83,6 +85,7 @@ from .liveness import (
     registration,
     worker_jobs_key,
 )
+from .uniqueness import release, unique_key
 
 _log = structlog.get_logger("asyncjobs.worker")
 
@@ -90,6 +93,8 @@ Hook = Callable[[dict[str, Any]], Awaitable[Any]]
 
 CLAIM_MAX = 1000
 """The most jobs one claim call takes, however many slots are free."""
+CLAIM_TIMEOUT_S = 10.0
+"""A claim unanswered this long is taken for lost (its jobs are handed back)."""
 SCAN_MAX = 10_000
 """The most queue entries one claim looks at per queue (running jobs stay in the queue)."""
 CRON_KEEP_IN_PROGRESS_MS = 60_000
@@ -113,6 +118,7 @@ class Runnable:
     keep_result_ms: int = 0
     keep_in_progress_ms: int = 0
     cron: CronJob | None = None
+    timeout_s: float = 0.0
 
 
 def runnables(app: App, extra_cron: Sequence[CronJob] = ()) -> dict[str, Runnable]:
@@ -134,6 +140,7 @@ def runnables(app: App, extra_cron: Sequence[CronJob] = ()) -> dict[str, Runnabl
             spec.name,
             executor(spec, app),
             spec,
+            timeout_s=job_timeout(spec, app),
             # An exclusive job's waits for its lock count in arq's counter; the wrapper
             # counts its real tries.
             max_tries=None if exclusive else spec.max_tries,
@@ -145,22 +152,35 @@ def runnables(app: App, extra_cron: Sequence[CronJob] = ()) -> dict[str, Runnabl
             cron.name,
             cron.coroutine,
             rec.spec,
+            timeout_s=job_timeout(rec.spec, app),
             max_tries=None,
             keep_result_ms=keep(cron.keep_result_s),
             keep_in_progress_ms=CRON_KEEP_IN_PROGRESS_MS,
             cron=cron,
         )
     for cron in extra_cron:
+        seconds = cron.timeout_s or settings.job_timeout
         found[cron.name] = Runnable(
             cron.name,
-            cron.coroutine,
+            _bounded(cron.coroutine, seconds),  # as arq's worker: its timeout applies
             None,
+            timeout_s=seconds,
             max_tries=cron.max_tries,
             keep_result_ms=keep(cron.keep_result_s),
             keep_in_progress_ms=CRON_KEEP_IN_PROGRESS_MS,
             cron=cron,
         )
     return found
+
+
+def _bounded(
+    coroutine: Callable[..., Awaitable[Any]], seconds: float
+) -> Callable[..., Awaitable[Any]]:
+    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        async with asyncio.timeout(seconds):
+            return await coroutine(ctx, *args, **kwargs)
+
+    return run
 
 
 def default_queues(app: App) -> tuple[str, ...]:
@@ -274,7 +294,7 @@ class Worker:
         self._redis = redis
         self._own_redis = redis is None
         self._retry = retry if retry is not None else ReconnectingRetry()
-        timeouts = [job_timeout(r.spec, app) for r in self.functions.values() if r.spec]
+        timeouts = [r.timeout_s for r in self.functions.values()]
         # As arq: the job's timeout (the wrapper's, plus arq's one-second backstop) + 10 s.
         self._in_progress_ms = round((max(timeouts, default=settings.job_timeout) + 11) * 1000)
         self._jobs_key = worker_jobs_key(self.id)
@@ -292,6 +312,8 @@ class Worker:
         self._started = time.time()
         self._rotation = 0
         self._claim_failed = False
+        self._claim_redis: Redis | None = None
+        self._flushing: set[str] = set()  # ids of the outcomes being written now
         self._scripts: dict[str, AsyncScript] = {}
         self._background: list[asyncio.Task[Any]] = []
 
@@ -310,13 +332,11 @@ class Worker:
             self._redis = await worker_redis(self.app.settings, self._retry)
         self.ctx.setdefault("redis", self._redis)
         self.ctx["asyncjobs"] = self.app
+        self._claim_redis = once_client(self.app.settings)
         self._scripts = {
-            name: self._redis.register_script(lua)
-            for name, lua in (
-                ("claim", CLAIM_LUA),
-                ("finish", FINISH_LUA),
-                ("recover", RECOVER_LUA),
-            )
+            "claim": self._claim_redis.register_script(CLAIM_LUA),
+            "finish": self._redis.register_script(FINISH_LUA),
+            "recover": self._redis.register_script(RECOVER_LUA),
         }
         if self.handle_signals:
             self._install_signal_handlers()
@@ -436,6 +456,8 @@ class Worker:
                 await self.on_shutdown(self.ctx)
             except Exception as exc:
                 _log.error(logs.HOOK_FAILED, hook="on_shutdown", error=repr(exc), exc_info=exc)
+        if self._claim_redis is not None:
+            await self._claim_redis.aclose(close_connection_pool=True)
         if self._own_redis and self._redis is not None:
             await self._redis.aclose(close_connection_pool=True)
         _log.info(
@@ -459,15 +481,28 @@ class Worker:
                 continue
             want = min(free, CLAIM_MAX)
             try:
+                if self._claim_failed:  # before claiming again, in this same task
+                    await self._release_lost_claims()
                 jobs = await self._claim(want)
             except Exception as exc:
+                # The claim may have run with its reply lost: what it took is handed back
+                # before the next claim (it is never sent twice, see _claim).
                 self._claim_failed = True
                 failures += 1
-                _log.warning(logs.WORKER_CLAIM_FAILED, worker_id=self.id, error=repr(exc))
+                if failures == 1 or failures % 60 == 0:
+                    _log.warning(
+                        logs.WORKER_CLAIM_FAILED,
+                        worker_id=self.id,
+                        error=repr(exc),
+                        failures=failures,
+                    )
                 await self._sleep_or_stop(min(1.0, 0.05 * 2**failures))
                 continue
             failures = 0
             for job in jobs:
+                if job.job_id in self._running:  # claimed again while still running here
+                    _log.error(logs.WORKER_ERROR, job_id=job.job_id, error="claimed twice")
+                    continue
                 task = asyncio.create_task(self._execute(job), name=job.job_id)
                 self._running[job.job_id] = task
                 task.add_done_callback(self._job_done)
@@ -479,19 +514,23 @@ class Worker:
             await self._wait_for_work()
 
     async def _claim(self, want: int) -> list[Claimed]:
+        """One CLAIM_LUA call, on a connection that never resends it: a resent claim after
+        a lost reply would claim a second batch and strand the first."""
         queues = self.queues
         if len(queues) > 1:  # start at a different queue each time, so none starves
             self._rotation = (self._rotation + 1) % len(queues)
             queues = queues[self._rotation :] + queues[: self._rotation]
-        reply = await self._scripts["claim"](
-            keys=[self._jobs_key, *queues],
-            args=[timestamp_ms(), want, self._in_progress_ms, self.id, SCAN_MAX],
-        )
+        async with asyncio.timeout(CLAIM_TIMEOUT_S):  # a frozen Redis: a lost reply
+            reply = await self._scripts["claim"](
+                keys=[self._jobs_key, *queues],
+                args=[timestamp_ms(), want, self._in_progress_ms, self.id, SCAN_MAX],
+            )
         return parse_claim(reply)
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task.get_name(), None)
         self._names.pop(task.get_name(), None)
+        self._aborting.discard(task.get_name())
         self._slot_free.set()
 
     async def _wait_for_work(self) -> None:
@@ -554,8 +593,10 @@ class Worker:
                 record(_Record("R", job, timestamp_ms() + round(DEAD_LETTER_LATER_S * 1000)))
 
     def _requeue(self, job: Claimed, record: Callable[[_Record], None]) -> None:
-        if job.job_id in self._aborting:
-            return  # recorded by the abort path
+        if job.job_id in self._aborting:  # cancelled before the job itself ran: done
+            self.jobs_cancelled += 1
+            record(_Record("F", job))
+            return
         name, job_try = self._names.get(job.job_id, (None, job.job_try))
         _log.info(
             logs.JOB_REQUEUED,
@@ -607,6 +648,7 @@ class Worker:
             await self._log_cancelled(job.job_id, started=False)
             self.jobs_cancelled += 1
             record(outcome.cancelled())
+            await self._free_unique(function, args, kwargs, job.job_id)
             return
         ctx = {
             **self.ctx,
@@ -627,6 +669,7 @@ class Worker:
             self._aborting.discard(job.job_id)
             self.jobs_cancelled += 1
             record(outcome.cancelled())
+            await self._free_unique(function, args, kwargs, job.job_id)
             return
         except Exception as exc:  # the wrapper logged it and wrote any dead letter
             self.jobs_failed += 1
@@ -689,7 +732,21 @@ class Worker:
             return
         self.jobs_failed += 1
         _log.error(logs.JOB_DEAD, **about, dead_letter_id=dead_id, error=error)
+        if name is not None and name in self.functions and isinstance(args, list):
+            await self._free_unique(self.functions[name], args, kwargs, job.job_id)
         record(_Record("F", job))
+
+    async def _free_unique(
+        self, function: Runnable, args: list[Any], kwargs: Any, job_id: str
+    ) -> None:
+        """A job that ends without running (dead, cancelled) frees its uniqueness lock."""
+        spec = function.spec
+        if spec is None or spec.unique_for is None or not isinstance(kwargs, dict):
+            return
+        with contextlib.suppress(Exception):  # best effort: the lock's TTL bounds it anyway
+            lock = unique_key(spec, tuple(args), kwargs)
+            if lock is not None:
+                await release(self.redis, lock, job_id)
 
     # -- cancelling ----------------------------------------------------------
 
@@ -700,23 +757,22 @@ class Worker:
             if not self._running:
                 continue
             try:
-                pipe = self.redis.pipeline(transaction=True)
-                pipe.zrange(ABORT_SET, 0, -1)
-                # ids left by cancels of jobs that had finished meanwhile
-                pipe.zremrangebyscore(ABORT_SET, "-inf", timestamp_ms() - CANCELLED_RESULT_MS)
-                ids, _ = await pipe.execute()
+                ids = await self.redis.zrange(ABORT_SET, 0, -1)
                 mine = [i.decode() for i in ids if i.decode() in self._running]
                 if mine:
                     await self.redis.zrem(ABORT_SET, *mine)
             except Exception as exc:
                 _log.warning(logs.WORKER_CLAIM_FAILED, worker_id=self.id, error=repr(exc))
                 continue
+            cancelled = []
             for job_id in mine:
                 task = self._running.get(job_id)
                 if task is not None and not task.done():
                     self._aborting.add(job_id)
-                    await self._log_cancelled(job_id, started=True)
-                    task.cancel()
+                    task.cancel()  # at once: the task must not finish in between
+                    cancelled.append(job_id)
+            for job_id in cancelled:
+                await self._log_cancelled(job_id, started=True)
 
     async def _log_cancelled(self, job_id: str, *, started: bool) -> None:
         who: dict[str, Any] = {}
@@ -753,15 +809,20 @@ class Worker:
                 args: list[Any] = [self.id]
                 for rec in batch:
                     args.extend(rec.args)
+                self._flushing = {rec.args[1] for rec in batch}
                 try:
                     await self._scripts["finish"](keys=[self._jobs_key], args=args)
-                except Exception as exc:
-                    self._pending[:0] = batch
+                except BaseException as exc:
+                    self._pending[:0] = batch  # kept, also when cancelled (a bounded stop)
+                    if not isinstance(exc, Exception):
+                        raise
                     failures += 1
                     _log.warning(logs.WORKER_FINISH_FAILED, worker_id=self.id, error=repr(exc))
                     if self._force.is_set() and failures >= 3:
                         return
                     await asyncio.sleep(min(1.0, 0.05 * 2**failures))
+                finally:
+                    self._flushing = set()
 
     async def _drain_pending(self) -> None:
         """Write every outcome collected so far (at shutdown, and before a burst ends)."""
@@ -800,8 +861,6 @@ class Worker:
             pipe.psetex(queue + ":health-check", ttl_ms + 1000, info)
         await pipe.execute()
         await self._recover()
-        if self._claim_failed:
-            await self._release_lost_claims()
 
     async def _recover(self) -> None:
         reply = await self._scripts["recover"](keys=[WORKERS_KEY], args=[self.id])
@@ -824,7 +883,7 @@ class Worker:
         self._claim_failed = False
         members: set[bytes] = await self.redis.smembers(self._jobs_key)  # type: ignore[misc]
         held = {m.decode() for m in members}
-        pending = {rec.args[1] for rec in self._pending}
+        pending = {rec.args[1] for rec in self._pending} | self._flushing
         lost = held - set(self._running) - pending
         if not lost:
             return

@@ -42,13 +42,14 @@ def _debug() -> bool:
 def _quiet_logs() -> None:
     """A command's standard output is its result; its log events go to standard error,
     and only errors unless ``ASYNCJOBS_LOG_LEVEL`` asks for more."""
-    from .logs import configure_logging
+    from .logs import configure_logging, route_stdlib_logging
 
     level = os.environ.get("ASYNCJOBS_LOG_LEVEL", "").strip().lower() or "error"
     fmt = os.environ.get("ASYNCJOBS_LOG_FORMAT", "").strip().lower() or "auto"
     if level not in ("debug", "info", "warning", "error") or fmt not in ("auto", "json", "console"):
         return  # Settings.from_env() will say what is wrong with it
     configure_logging(fmt, level, stream=sys.stderr, force=True)
+    route_stdlib_logging(level)  # asyncpg's and redis-py's records too, in the same format
 
 
 def _current_directory_importable() -> None:

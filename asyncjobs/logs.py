@@ -152,6 +152,8 @@ def route_stdlib_logging(level: str = "info") -> None:
     def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
         if getattr(value, _LOGGED_MARK, False) and level != "debug":
             return  # its one clear line is in the log already; the exit status says the rest
+        if issubclass(kind, KeyboardInterrupt):
+            return  # Ctrl-C: nothing to report
         structlog.get_logger("asyncjobs").critical(
             "process.crashed", error=f"{kind.__name__}: {value}", exc_info=(kind, value, tb)
         )

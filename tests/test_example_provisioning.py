@@ -27,7 +27,7 @@ EXAMPLE_ENV = {
     "ASYNCJOBS_IMPORTS": "examples.provisioning.jobs",
     "PROVISIONING_RECONCILE_EVERY": "2",
     "PROVISIONING_BACKUP_EVERY": "2",
-    "PROVISIONING_WORK": "0.05",
+    "PROVISIONING_WORK": "0.2",
 }
 
 

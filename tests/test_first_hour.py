@@ -147,9 +147,8 @@ def test_purge_asks_on_a_terminal_and_nothing_goes_when_the_answer_is_no(
     while b"[y/N]" not in output and time.monotonic() < deadline:
         output += _read(fd, deadline)
     os.write(fd, b"n\n")
-    while chunk := _read(fd, deadline):
-        output += chunk
-    _, status = os.waitpid(pid, 0)
+    status, rest = _exit_status(pid, fd)
+    output += rest
     assert b"Delete 1 dead letter(s)?" in output
     assert os.waitstatus_to_exitcode(status) == 1
     listed = run(
@@ -361,28 +360,33 @@ def test_the_shell_edits_lines_keeps_history_and_has_asyncio_and_dead_letters(
         os.chdir(project)
         os.execve(COMMAND, [COMMAND, "shell"], env)
     output = b""
+    seen = 0  # what was already matched: each expectation looks past it
 
-    def read_until(marker: bytes, count: int = 1) -> None:
-        nonlocal output
+    def expect(marker: bytes) -> None:
+        nonlocal output, seen
         deadline = time.monotonic() + 30
-        while output.count(marker) < count and time.monotonic() < deadline:
+        while output.find(marker, seen) < 0 and time.monotonic() < deadline:
             output += _read(fd, deadline)
+        found = output.find(marker, seen)
+        assert found >= 0, f"{marker!r} did not come: {output[-500:]!r}"
+        seen = found + len(marker)
 
-    read_until(b">>> ")
+    expect(b">>> ")
     os.write(fd, b"6 * 7\n")
-    read_until(b"42")
+    expect(b"42")
+    expect(b">>> ")  # readline reads again (before it does, the terminal would echo keys)
     os.write(fd, b"\x1b[A\n")  # the Up arrow: the line again, from the history
-    read_until(b"42", 2)  # the first result, then the recalled line's
+    expect(b"42")
+    expect(b">>> ")
     os.write(fd, b"asyncio.sleep.__name__\n")
-    read_until(b"'sleep'")
+    expect(b"'sleep'")
+    expect(b">>> ")
     os.write(fd, b"(await dead.list())[0]\n")
-    read_until(b"gone_job")
-    read_until(b">>> ")
+    expect(b"gone_job")
+    expect(b">>> ")
     os.write(fd, b"\x04")  # Ctrl-D
-    deadline = time.monotonic() + 30
-    while chunk := _read(fd, deadline):
-        output += chunk
-    _, status = os.waitpid(pid, 0)
+    status, rest = _exit_status(pid, fd)
+    output += rest
     text = output.decode(errors="replace")
     assert "^[[A" not in text  # the arrow edited the line instead of being typed in
     assert text.count("6 * 7\r\n42") == 2
@@ -437,3 +441,18 @@ def test_a_misconfigured_worker_says_so_in_one_line(
     (line,) = result.stderr.strip().splitlines()
     assert json.loads(line)["event"] == "worker.misconfigured"
     assert variable in json.loads(line)["error"]
+
+
+def _exit_status(pid: int, fd: int, within: float = 30.0) -> tuple[int, bytes]:
+    """The child's wait status and what it printed until it exited; killed (and the test
+    failed) if it does not exit within ``within`` seconds."""
+    output = b""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        output += _read(fd, time.monotonic() + 0.1)
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status, output + _read(fd, time.monotonic() + 0.1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the command did not exit: {output[-500:]!r}")

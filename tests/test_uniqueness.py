@@ -112,9 +112,10 @@ async def test_until_start_allows_a_new_enqueue_as_soon_as_the_first_starts(
     migrated: App, worker_env: dict[str, str], redis: aioredis.Redis
 ) -> None:
     env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.uniquejobs"}
+    # Queued before any worker runs (a running worker starts it within a millisecond).
+    assert await migrated.enqueue(refresh_account, 1) is not None
+    assert await migrated.enqueue(refresh_account, 1) is None  # queued: locked
     with WorkerProcess(env, cwd=ROOT):
-        assert await migrated.enqueue(refresh_account, 1) is not None
-        assert await migrated.enqueue(refresh_account, 1) is None  # queued: locked
         await _wait(redis, "started:refresh_account")
         assert await migrated.enqueue(refresh_account, 1) is not None  # started: free
         await redis.set("go:refresh_account", 1)

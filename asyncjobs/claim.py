@@ -49,12 +49,27 @@ def wake_key(queue: str) -> str:
     return WAKE_PREFIX + queue
 
 
+WAKE_LUA = f"""
+local WAKE = {WAKE_PREFIX!r}
+-- Push a wake-up token for an idle worker of the queue: one at most, gone after a minute.
+-- pcall: a key of another type must not fail a call that has written already.
+local function wake(queue)
+  redis.pcall('LPUSH', WAKE .. queue, '1')
+  redis.pcall('LTRIM', WAKE .. queue, 0, 0)
+  redis.pcall('PEXPIRE', WAKE .. queue, 60000)
+end
+"""
+"""Lua: ``wake(queue)``, for every script that makes a job ready (enqueue, hand-back)."""
+
 # Lua sees arq's prefixes as these globals; the strings come from arq's own constants.
-_PREFIXES = f"""
+_PREFIXES = (
+    f"""
 local JOB, IN_PROGRESS, RETRY, RESULT, ABORT = {JOB_PREFIX!r}, {IN_PROGRESS_PREFIX!r},
   {RETRY_PREFIX!r}, {RESULT_PREFIX!r}, {ABORT_SET!r}
-local WAKE = {WAKE_PREFIX!r}
 """
+    + WAKE_LUA
+)
+
 
 CLAIM_LUA = (
     _PREFIXES
@@ -94,10 +109,7 @@ for q = 2, #KEYS do
     offset = offset + page
   end
   if claimed >= want then
-    -- there may be more: wake the next idle worker reading this queue
-    redis.pcall('LPUSH', WAKE .. queue, '1')
-    redis.pcall('LTRIM', WAKE .. queue, 0, 0)
-    redis.pcall('PEXPIRE', WAKE .. queue, 60000)
+    wake(queue)  -- there may be more: wake the next idle worker reading this queue
     break
   end
 end
@@ -144,11 +156,7 @@ for i = 2, #ARGV, 6 do
     if mine then
       redis.call('DEL', ip)
       if redis.call('DECR', RETRY .. id) <= 0 then redis.call('DEL', RETRY .. id) end
-      if queue ~= '' then  -- '' when only the id is known (a claim whose reply was lost)
-        redis.pcall('LPUSH', WAKE .. queue, '1')
-        redis.pcall('LTRIM', WAKE .. queue, 0, 0)
-        redis.pcall('PEXPIRE', WAKE .. queue, 60000)
-      end
+      if queue ~= '' then wake(queue) end  -- '' when only the id is known (a lost claim)
     end
   end
   redis.call('SREM', KEYS[1], id)

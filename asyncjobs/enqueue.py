@@ -43,7 +43,7 @@ from ._arq import (
     timestamp_ms,
     to_unix_ms,
 )
-from .claim import WAKE_PREFIX
+from .claim import WAKE_LUA
 from .exceptions import (
     ConfigurationError,
     EnqueueError,
@@ -264,15 +264,13 @@ end
 """
 
 
-_WAKE = f"""
--- Wake an idle worker of each queue written to (see asyncjobs.claim); one token at most
--- waits per queue. pcall: a key of the wrong type must not fail a call that has written.
-for queue in pairs(woken) do
-  redis.pcall('LPUSH', '{WAKE_PREFIX}' .. queue, '1')
-  redis.pcall('LTRIM', '{WAKE_PREFIX}' .. queue, 0, 0)
-  redis.pcall('PEXPIRE', '{WAKE_PREFIX}' .. queue, 60000)
-end
+_WAKE = (
+    WAKE_LUA
+    + """
+-- Wake an idle worker of each queue written to (see asyncjobs.claim).
+for queue in pairs(woken) do wake(queue) end
 """
+)
 
 ENQUEUE_LUA = (
     """

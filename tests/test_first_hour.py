@@ -121,22 +121,7 @@ def test_bad_numbers_and_durations_are_one_line_naming_the_option(
 def test_purge_asks_on_a_terminal_and_nothing_goes_when_the_answer_is_no(
     project: Path, redis_url: str, database_url: str
 ) -> None:
-    async def one_dead_letter() -> None:
-        async with App(Settings(redis_url=redis_url, database_url=database_url)) as app:
-            await app.migrate()
-            await app.dead.record_unrunnable(
-                reason="unknown_job",
-                job_name="gone_job",
-                job_id="j",
-                queue="arq:queue",
-                payload=b"{}",
-                args=[],
-                kwargs={},
-                tries=1,
-                error="no such job",
-            )
-
-    asyncio.run(one_dead_letter())
+    asyncio.run(_one_dead_letter(redis_url, database_url))
     env = _env(ASYNCJOBS_REDIS_URL=redis_url, ASYNCJOBS_DATABASE_URL=database_url)
     pid, fd = pty.fork()
     if pid == 0:  # the child: the command on a terminal
@@ -336,22 +321,7 @@ def test_the_first_hour_check_list_top_to_bottom(project: Path) -> None:  # noqa
 def test_the_shell_edits_lines_keeps_history_and_has_asyncio_and_dead_letters(
     project: Path, redis_url: str, database_url: str, tmp_path: Path
 ) -> None:
-    async def one_dead_letter() -> None:
-        async with App(Settings(redis_url=redis_url, database_url=database_url)) as app:
-            await app.migrate()
-            await app.dead.record_unrunnable(
-                reason="unknown_job",
-                job_name="gone_job",
-                job_id="j",
-                queue="arq:queue",
-                payload=b"{}",
-                args=[],
-                kwargs={},
-                tries=1,
-                error="no such job",
-            )
-
-    asyncio.run(one_dead_letter())
+    asyncio.run(_one_dead_letter(redis_url, database_url))
     env = _env(
         ASYNCJOBS_REDIS_URL=redis_url, ASYNCJOBS_DATABASE_URL=database_url, HOME=str(tmp_path)
     )
@@ -456,3 +426,20 @@ def _exit_status(pid: int, fd: int, within: float = 30.0) -> tuple[int, bytes]:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     raise AssertionError(f"the command did not exit: {output[-500:]!r}")
+
+
+async def _one_dead_letter(redis_url: str, database_url: str) -> None:
+    """A migrated database holding one dead letter, of a job named ``gone_job``."""
+    async with App(Settings(redis_url=redis_url, database_url=database_url)) as app:
+        await app.migrate()
+        await app.dead.record_unrunnable(
+            reason="unknown_job",
+            job_name="gone_job",
+            job_id="j",
+            queue="arq:queue",
+            payload=b"{}",
+            args=[],
+            kwargs={},
+            tries=1,
+            error="no such job",
+        )

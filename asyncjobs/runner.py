@@ -11,6 +11,7 @@ and then ends arq's main task (see :mod:`asyncjobs.worker`). The format in
 Redis is arq's, key for key (:mod:`asyncjobs.claim`), so arq's ``Job`` API
 reads what this loop writes and arq's own worker can share a queue with it.
 
+What it runs and how a run's end is recorded live in :mod:`asyncjobs.runnables`.
 The loop: claim up to the free slots' worth of ready jobs in one Lua call,
 start each as a task, collect outcomes and write them back in one Lua call
 per batch; when the queues are empty, block on the wake-up lists (polling
@@ -38,7 +39,6 @@ import json
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -57,7 +57,6 @@ from ._arq import (
     Retry,
     ms_to_datetime,
     once_client,
-    result_record,
     timestamp_ms,
     to_unix_ms,
     worker_redis,
@@ -75,8 +74,6 @@ from .claim import (
     wake_key,
 )
 from .enqueue import Prepared, serialize_job, write_prepared
-from .execution import executor, job_timeout
-from .jobs import JobSpec
 from .liveness import (
     MISSED_BEATS,
     beat,
@@ -84,6 +81,14 @@ from .liveness import (
     new_worker_id,
     registration,
     worker_jobs_key,
+)
+from .runnables import (
+    JobEnd,
+    Record,
+    Runnable,
+    decode_payload,
+    default_queues,
+    runnables,
 )
 from .uniqueness import release, unique_key
 
@@ -97,153 +102,10 @@ CLAIM_TIMEOUT_S = 10.0
 """A claim unanswered this long is taken for lost (its jobs are handed back)."""
 SCAN_MAX = 10_000
 """The most queue entries one claim looks at per queue (running jobs stay in the queue)."""
-CRON_KEEP_IN_PROGRESS_MS = 60_000
-"""arq keeps a finished cron job's in-progress key this long, so no worker runs it twice."""
-CANCELLED_RESULT_MS = 60_000
-"""A cancelled job's result is kept at least this long, for arq's ``job.abort()``."""
 ABORT_CHECK_S = 0.25
 """How often a worker looks in arq's abort set for running jobs to cancel."""
 DEAD_LETTER_LATER_S = 60.0
 """A job that should go to the dead letters while PostgreSQL is down waits this long."""
-
-
-@dataclass(frozen=True, slots=True)
-class Runnable:
-    """A job this worker can run: its name, the coroutine that runs it, and arq's limits."""
-
-    name: str
-    run: Callable[..., Awaitable[Any]]
-    spec: JobSpec | None = None
-    max_tries: int | None = None
-    keep_result_ms: int = 0
-    keep_in_progress_ms: int = 0
-    cron: CronJob | None = None
-    timeout_s: float = 0.0
-
-
-def runnables(app: App, extra_cron: Sequence[CronJob] = ()) -> dict[str, Runnable]:
-    """Every job of ``app``'s registry (through the execution wrapper), its reconcilers
-    (as arq cron jobs) and ``extra_cron`` (arq cron jobs of a settings subclass, run bare)."""
-    settings = app.settings
-    scheduled = {rec.name for rec in app.reconcilers}
-    found: dict[str, Runnable] = {}
-
-    def keep(seconds: float | None) -> int:
-        value = settings.keep_result if seconds is None else seconds
-        return round(value * 1000)
-
-    for spec in app.registry:
-        if spec.name in scheduled:
-            continue
-        exclusive = spec.lock is not None or spec.exclusive
-        found[spec.name] = Runnable(
-            spec.name,
-            executor(spec, app),
-            spec,
-            timeout_s=job_timeout(spec, app),
-            # An exclusive job's waits for its lock count in arq's counter; the wrapper
-            # counts its real tries.
-            max_tries=None if exclusive else spec.max_tries,
-            keep_result_ms=keep(spec.keep_result),
-        )
-    for rec in app.reconcilers:
-        cron = rec.cron_job(executor(rec.spec, app, dead_letters=False), job_timeout(rec.spec, app))
-        found[cron.name] = Runnable(
-            cron.name,
-            cron.coroutine,
-            rec.spec,
-            timeout_s=job_timeout(rec.spec, app),
-            max_tries=None,
-            keep_result_ms=keep(cron.keep_result_s),
-            keep_in_progress_ms=CRON_KEEP_IN_PROGRESS_MS,
-            cron=cron,
-        )
-    for cron in extra_cron:
-        seconds = cron.timeout_s or settings.job_timeout
-        found[cron.name] = Runnable(
-            cron.name,
-            _bounded(cron.coroutine, seconds),  # as arq's worker: its timeout applies
-            None,
-            timeout_s=seconds,
-            max_tries=cron.max_tries,
-            keep_result_ms=keep(cron.keep_result_s),
-            keep_in_progress_ms=CRON_KEEP_IN_PROGRESS_MS,
-            cron=cron,
-        )
-    return found
-
-
-def _bounded(
-    coroutine: Callable[..., Awaitable[Any]], seconds: float
-) -> Callable[..., Awaitable[Any]]:
-    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        async with asyncio.timeout(seconds):
-            return await coroutine(ctx, *args, **kwargs)
-
-    return run
-
-
-def default_queues(app: App) -> tuple[str, ...]:
-    """``ASYNCJOBS_QUEUES`` if set, else the default queue and every queue a job names."""
-    settings = app.settings
-    if settings.queues:
-        return settings.queues
-    named = sorted({spec.queue for spec in app.registry if spec.queue})
-    return tuple(dict.fromkeys((settings.queue_name, *named)))
-
-
-class _Record:
-    """One outcome waiting to be written back: the arguments of FINISH_LUA for a job."""
-
-    __slots__ = ("args",)
-
-    def __init__(self, op: str, job: Claimed, n1: int = 0, n2: int = 0, result: bytes = b""):
-        self.args = (op, job.job_id, job.queue, n1, n2, result)
-
-
-class _Outcome:
-    """How a claimed job ended, as its FINISH_LUA record (with arq's result record)."""
-
-    __slots__ = ("args", "enqueue_ms", "function", "job", "job_try", "kwargs", "name", "start")
-
-    def __init__(
-        self,
-        job: Claimed,
-        function: Runnable,
-        name: str,
-        args: list[Any],
-        kwargs: dict[str, Any],
-        job_try: int,
-        enqueue_ms: int,
-    ) -> None:
-        self.job, self.function, self.name = job, function, name
-        self.args, self.kwargs, self.job_try, self.enqueue_ms = args, kwargs, job_try, enqueue_ms
-        self.start = timestamp_ms()
-
-    def finished(self, success: bool, result: Any, keep_ms: int | None = None) -> _Record:
-        keep = self.function.keep_result_ms if keep_ms is None else keep_ms
-        data = b""
-        if keep:
-            data = result_record(
-                job_id=self.job.job_id,
-                function=self.name,
-                args=self.args,
-                kwargs=self.kwargs,
-                job_try=self.job_try,
-                enqueue_ms=self.enqueue_ms,
-                success=success,
-                result=result,
-                start_ms=self.start,
-                queue=self.job.queue,
-            )
-        return _Record("F", self.job, keep, self.function.keep_in_progress_ms, data)
-
-    def cancelled(self) -> _Record:
-        """Finished, neither retried nor dead; its CancelledError result is kept at least a
-        minute, so arq's ``job.abort()`` sees that the job stopped."""
-        keep = self.function.keep_result_ms
-        keep = -1 if keep < 0 else max(keep, CANCELLED_RESULT_MS)
-        return self.finished(False, asyncio.CancelledError("cancelled"), keep)
 
 
 class Worker:
@@ -302,7 +164,7 @@ class Worker:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._aborting: set[str] = set()
         self._names: dict[str, tuple[str, int]] = {}  # running job id -> (job name, try)
-        self._pending: list[_Record] = []
+        self._pending: list[Record] = []
         self._flush_lock = asyncio.Lock()
         self._have_pending = asyncio.Event()
         self._slot_free = asyncio.Event()
@@ -576,7 +438,7 @@ class Worker:
         """Run one claimed job and record its outcome (exactly one record per claim)."""
         recorded = False
 
-        def record(rec: _Record) -> None:
+        def record(rec: Record) -> None:
             nonlocal recorded
             recorded = True
             self._pending.append(rec)
@@ -590,12 +452,12 @@ class Worker:
         except Exception as exc:  # a bug of ours: keep the job, do not lose it
             _log.error(logs.WORKER_ERROR, job_id=job.job_id, error=repr(exc), exc_info=exc)
             if not recorded:
-                record(_Record("R", job, timestamp_ms() + round(DEAD_LETTER_LATER_S * 1000)))
+                record(Record("R", job, timestamp_ms() + round(DEAD_LETTER_LATER_S * 1000)))
 
-    def _requeue(self, job: Claimed, record: Callable[[_Record], None]) -> None:
+    def _requeue(self, job: Claimed, record: Callable[[Record], None]) -> None:
         if job.job_id in self._aborting:  # cancelled before the job itself ran: done
             self.jobs_cancelled += 1
-            record(_Record("F", job))
+            record(Record("F", job))
             return
         name, job_try = self._names.get(job.job_id, (None, job.job_try))
         _log.info(
@@ -606,12 +468,12 @@ class Worker:
             queue=job.queue,
             worker_id=self.id,
         )
-        record(_Record("Q", job))
+        record(Record("Q", job))
 
-    async def _run_claimed(self, job: Claimed, record: Callable[[_Record], None]) -> None:
+    async def _run_claimed(self, job: Claimed, record: Callable[[Record], None]) -> None:
         if job.payload is None:  # the job key expired before the job ran (as arq: failed)
             _log.warning(logs.JOB_EXPIRED, job_id=job.job_id, queue=job.queue)
-            record(_Record("F", job))
+            record(Record("F", job))
             return
         decoded = decode_payload(job.payload)
         if isinstance(decoded, str):
@@ -642,7 +504,7 @@ class Worker:
                 tries=job_try - 1,
             )
             return
-        outcome = _Outcome(job, function, name, args, kwargs, job_try, enqueue_ms)
+        outcome = JobEnd(job, function, name, args, kwargs, job_try, enqueue_ms)
         self._names[job.job_id] = (name, job_try)
         if job.aborted:  # arq's abort (or a cancel) reached it before it started
             await self._log_cancelled(job.job_id, started=False)
@@ -661,7 +523,7 @@ class Worker:
             result = await function.run(ctx, *args, **kwargs)
         except Retry as exc:
             self.jobs_retried += 1
-            record(_Record("R", job, timestamp_ms() + (exc.defer_score or 0)))
+            record(Record("R", job, timestamp_ms() + (exc.defer_score or 0)))
             return
         except asyncio.CancelledError:
             if job.job_id not in self._aborting:
@@ -695,7 +557,7 @@ class Worker:
     async def _unrunnable(
         self,
         job: Claimed,
-        record: Callable[[_Record], None],
+        record: Callable[[Record], None],
         reason: str,
         error: str,
         *,
@@ -728,13 +590,13 @@ class Worker:
                 store_error=f"{type(exc).__name__}: {exc}",
                 retry_in_s=DEAD_LETTER_LATER_S,
             )
-            record(_Record("R", job, timestamp_ms() + round(DEAD_LETTER_LATER_S * 1000)))
+            record(Record("R", job, timestamp_ms() + round(DEAD_LETTER_LATER_S * 1000)))
             return
         self.jobs_failed += 1
         _log.error(logs.JOB_DEAD, **about, dead_letter_id=dead_id, error=error)
         if name is not None and name in self.functions and isinstance(args, list):
             await self._free_unique(self.functions[name], args, kwargs, job.job_id)
-        record(_Record("F", job))
+        record(Record("F", job))
 
     async def _free_unique(
         self, function: Runnable, args: list[Any], kwargs: Any, job_id: str
@@ -888,7 +750,7 @@ class Worker:
         if not lost:
             return
         for job_id in lost:
-            self._pending.append(_Record("Q", Claimed("", job_id, 0, None, 0, False)))
+            self._pending.append(Record("Q", Claimed("", job_id, 0, None, 0, False)))
         self._have_pending.set()
         _log.warning(logs.JOB_REQUEUED, worker_id=self.id, job_ids=sorted(lost), reason=reason)
 
@@ -934,32 +796,6 @@ class Worker:
                 cron.calculate_next(cron.next_run)
         if due:
             await write_prepared(self.app, due, "cron jobs were not")
-
-
-def decode_payload(
-    raw: bytes,
-) -> tuple[str, list[Any], dict[str, Any], int | None, int] | str:
-    """(name, args, kwargs, enqueued try, enqueue time ms) of arq's JSON payload, or a
-    string saying what is wrong with it. Only JSON is read; nothing else is executed."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        return f"not a JSON job payload ({type(exc).__name__}: {str(exc)[:200]})"
-    if not isinstance(data, dict):
-        return f"payload is a JSON {type(data).__name__}, not an object"
-    name, args, kwargs = data.get("f"), data.get("a", []), data.get("k", {})
-    enqueue_try, enqueue_ms = data.get("t"), data.get("et", 0)
-    if not isinstance(name, str) or not name:
-        return "payload names no job (its 'f' is not a string)"
-    if not isinstance(args, list):
-        return f"payload's arguments ('a') are a {type(args).__name__}, not a list"
-    if not isinstance(kwargs, dict):
-        return f"payload's keyword arguments ('k') are a {type(kwargs).__name__}, not an object"
-    if enqueue_try is not None and (not isinstance(enqueue_try, int) or enqueue_try < 0):
-        return f"payload's try ('t') is {enqueue_try!r}, not a whole number"
-    if not isinstance(enqueue_ms, int) or isinstance(enqueue_ms, bool):
-        return f"payload's enqueue time ('et') is {enqueue_ms!r}, not milliseconds"
-    return name, args, kwargs, enqueue_try, enqueue_ms
 
 
 async def _wait_all_or(

@@ -15,7 +15,7 @@ from asyncjobs import App, AsyncJobsError, InvalidOptionError, JobSerializationE
 from asyncjobs.enqueue import split_options
 from asyncjobs.jobs import build_spec
 from asyncjobs.retries import parse_duration
-from asyncjobs.runner import decode_payload
+from asyncjobs.runnables import decode_payload
 from asyncjobs.settings import redact
 from asyncjobs.testing import WorkerProcess, free_port
 from tests.conftest import ROOT, run_module

@@ -95,7 +95,9 @@ async def test_a_killed_workers_lock_is_free_at_once(
 ) -> None:
     env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.lockjobs"}
     holder = WorkerProcess(env, cwd=ROOT).start()
-    other = WorkerProcess(env, cwd=ROOT)
+    # The waiting job goes to a queue only the other worker reads: were the holder to take
+    # it between two waits, its SIGKILL would leave it for the recovery (seconds) instead.
+    other = WorkerProcess({**env, "ASYNCJOBS_QUEUES": "waiting"}, cwd=ROOT)
     try:
         await ledger.enqueue(hold, 1, 60)
         deadline = time.monotonic() + 20
@@ -103,7 +105,7 @@ async def test_a_killed_workers_lock_is_free_at_once(
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
         other.start()
-        await ledger.enqueue(hold, 1, 0)  # same lock: waits for the holder
+        await ledger.enqueue(hold, 1, 0, _queue_name="waiting")  # same lock: waits
         await asyncio.sleep(0.5)
         assert await redis.llen("held") == 1  # still held by the first worker
         assert holder.process is not None

@@ -180,7 +180,8 @@ class Outcome:
             if dead_id is not None:  # a dead letter retried by an operator succeeded
                 await self.app.dead.remove(dead_id)
             redis = request.ctx.get("redis")
-            if redis is not None and (int(about["job_try"]) > 1 or self.exclusive):
+            # Both notes are written only by a try that did not end the job: none on try 1.
+            if redis is not None and int(about["job_try"]) > 1:
                 await redis.delete(FIRST_FAILURE_KEY + job_id, LOCK_WAITS_PREFIX + job_id)
         except Exception as exc:
             _log.warning(logs.JOB_TIDY_FAILED, **about, error=f"{type(exc).__name__}: {exc}")

@@ -25,16 +25,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import tomllib
 import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from asyncjobs._services import EmbeddedRedis
 
 ARQ_VERSION = "0.28.0"
 PORT_ENV, SUBSTITUTE_ENV = "ARQ_SUITE_REDIS_PORT", "ARQ_SUITE_SUBSTITUTE"
@@ -153,24 +153,6 @@ def test_requirements(src: Path) -> list[str]:
     return [f"{p['name']}=={p['version']}" for p in lock if p["name"] in wanted]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_redis(port: int) -> None:
-    for _ in range(100):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"redis-server did not start on port {port}")
-
-
 def run_suite(
     src: Path, tmp: Path, port: int, substitute: bool, extra: list[str]
 ) -> tuple[str, dict[str, str]]:
@@ -224,30 +206,13 @@ def main() -> int:
         subprocess.run(
             [*pip, "install", "--target", str(tmp / "deps"), *test_requirements(src)], check=True
         )
-        port = free_port()
-        redis = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                name,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        redis = EmbeddedRedis(tmp / "redis")  # asyncjobs' own throwaway server
+        redis.start()
         try:
-            wait_for_redis(port)
-            base_summary, base_failed = run_suite(src, tmp, port, False, sys.argv[1:])
-            sub_summary, sub_failed = run_suite(src, tmp, port, True, sys.argv[1:])
+            base_summary, base_failed = run_suite(src, tmp, redis.port, False, sys.argv[1:])
+            sub_summary, sub_failed = run_suite(src, tmp, redis.port, True, sys.argv[1:])
         finally:
-            redis.terminate()
-            redis.wait()
+            redis.stop()
     print(f"baseline:    {base_summary}")
     print(f"substituted: {sub_summary}")
     only = sorted(sub_failed.keys() - base_failed.keys())

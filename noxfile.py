@@ -54,7 +54,7 @@ def wheel(session: nox.Session) -> None:
         (built,) = out.glob("asyncjobs-*.whl")
         names = set(zipfile.ZipFile(built).namelist())
         wanted = {"asyncjobs/py.typed"} | {
-            f"asyncjobs/schema/{p.name}" for p in (ROOT / "asyncjobs" / "schema").glob("*.sql")
+            f"asyncjobs/_schema/{p.name}" for p in (ROOT / "asyncjobs" / "_schema").glob("*.sql")
         }
         if len(wanted) < 2 or not wanted <= names:
             session.error(f"{built.name} lacks {sorted(wanted - names) or 'schema/*.sql'}")

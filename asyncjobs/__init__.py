@@ -6,9 +6,8 @@ and run workers with ``arq asyncjobs.WorkerSettings``.
 
 from __future__ import annotations
 
-from . import flags
-from ._version import __version__ as __version__
-from .app import (
+from . import flags as flags
+from ._app import (
     App,
     cancel,
     enqueue,
@@ -18,8 +17,10 @@ from .app import (
     reset_app,
     set_app,
 )
-from .bulk import Args, BulkStats
-from .exceptions import (
+from ._backoff import Backoff
+from ._bulk import Args, BulkStats
+from ._core import EnqueueRequest, ExecutionRequest
+from ._exceptions import (
     AsyncJobsError,
     CancelError,
     ConfigurationError,
@@ -39,15 +40,16 @@ from .exceptions import (
     UnknownJobError,
     UnknownOptionError,
 )
-from .jobs import JobSpec, Registry, job
-from .locks import row_lock
-from .logs import configure_logging
-from .middleware import EnqueueRequest, ExecutionRequest, Middleware
-from .naming import flag_name, snake_case
-from .reconcilers import Reconciler, ReconcileResult, reconciler, stable_job_id
-from .retries import Backoff, DeadLetter
-from .settings import Settings
-from .worker import WorkerSettings
+from ._jobs import JobSpec, Registry, job
+from ._locks import row_lock
+from ._logs import configure_logging
+from ._middleware import Middleware
+from ._naming import flag_name, snake_case
+from ._reconcilers import Reconciler, ReconcileResult, reconciler, stable_job_id
+from ._retries import DeadLetter
+from ._settings import Settings
+from ._version import __version__ as __version__
+from ._worker import WorkerSettings
 
 __all__ = [
     "App",

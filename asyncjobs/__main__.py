@@ -1,5 +1,5 @@
 """``python -m asyncjobs`` runs the CLI."""
 
-from asyncjobs.cli import main
+from asyncjobs._cli import main
 
 main()

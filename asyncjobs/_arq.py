@@ -10,7 +10,7 @@ module of the package imports ``arq`` or ``redis`` (a test checks), and
 - arq's public classes asyncjobs hands out or takes (``Job``, ``ArqRedis``,
   ``CronJob``, ``Retry``), re-exported here;
 - how arq's command reads ``WorkerSettings`` (:class:`EnvRedisSettings`, and
-  the ``on_startup`` hand-over in :mod:`asyncjobs.worker`);
+  the ``on_startup`` hand-over in :mod:`asyncjobs._worker`);
 - redis-py's retry loop (:class:`ReconnectingRetry` overrides it and reads its
   backoff) and its raw pooled connections, on which the enqueue sends commands
   packed here in Redis's wire format (:func:`bulk_string`, :class:`RawCommand`).
@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -48,9 +48,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import logs
+from . import _logs as logs
 from .serializer import deserialize, serialize
-from .settings import Settings
 
 __all__ = [
     "ABORT_SET",
@@ -268,7 +267,19 @@ class EnvRedisSettings(RedisSettings):
         return "<RedisSettings from ASYNCJOBS_REDIS_URL, read when the worker starts>"
 
 
-def redis_settings(settings: Settings, retry: RedisRetry | None = None) -> RedisSettings:
+class RedisConfig(Protocol):
+    """What the worker's Redis clients are made from (:class:`asyncjobs.Settings` is one)."""
+
+    @property
+    def redis_timeout(self) -> float: ...
+
+    @property
+    def queue_name(self) -> str: ...
+
+    def require_redis_url(self) -> str: ...
+
+
+def redis_settings(settings: RedisConfig, retry: RedisRetry | None = None) -> RedisSettings:
     """arq's RedisSettings for ``settings.redis_url``, failing fast at startup."""
     rs = RedisSettings.from_dsn(settings.require_redis_url())
     rs.conn_timeout = max(1, round(settings.redis_timeout))
@@ -278,7 +289,7 @@ def redis_settings(settings: Settings, retry: RedisRetry | None = None) -> Redis
     return rs
 
 
-def once_client(settings: Settings) -> Redis:
+def once_client(settings: RedisConfig) -> Redis:
     """A client whose commands are sent once, never again after a lost reply (redis-py's
     default): for calls that must not run twice, such as a claim."""
     client: Redis = Redis.from_url(
@@ -287,7 +298,7 @@ def once_client(settings: Settings) -> Redis:
     return client
 
 
-async def worker_redis(settings: Settings, retry: ReconnectingRetry) -> ArqRedis:
+async def worker_redis(settings: RedisConfig, retry: ReconnectingRetry) -> ArqRedis:
     """The worker's Redis client: arq's pool with asyncjobs' JSON and ``retry``."""
     return await create_pool(
         redis_settings(settings, retry),

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
-from . import logs
+from . import _logs as logs
 from ._arq import (
     ABORT_SET,
     IN_PROGRESS_PREFIX,
@@ -39,10 +39,10 @@ from ._arq import (
     RETRY_PREFIX,
     timestamp_ms,
 )
-from .exceptions import CancelError
+from ._exceptions import CancelError
 
 if TYPE_CHECKING:
-    from .app import App
+    from ._core import Core
 
 _log = structlog.get_logger("asyncjobs.cancel")
 
@@ -110,7 +110,7 @@ def check_job_id(job_id: Any) -> str:
 
 
 async def cancel(
-    app: App,
+    app: Core,
     job_id: str,
     *,
     reason: str | None = None,
@@ -165,7 +165,7 @@ async def cancel(
     return result
 
 
-def _queues(app: App) -> list[str]:
+def _queues(app: Core) -> list[str]:
     named = sorted({spec.queue for spec in app.registry if spec.queue})
     return list(dict.fromkeys((app.settings.queue_name, *app.settings.queues, *named)))
 

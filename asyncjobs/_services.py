@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .exceptions import ConfigurationError
+from ._exceptions import ConfigurationError
 
 
 def free_port() -> int:

@@ -7,17 +7,17 @@ what had to change (claiming and finishing in batches, liveness, the
 graceful stop, reading many queues, keeping what cannot run) is most of
 arq's ``Worker``. So ``arq asyncjobs.WorkerSettings`` still starts arq's
 ``Worker``, whose start-up hook runs this loop for the worker's whole life
-and then ends arq's main task (see :mod:`asyncjobs.worker`). The format in
-Redis is arq's, key for key (:mod:`asyncjobs.claim`), so arq's ``Job`` API
+and then ends arq's main task (see :mod:`asyncjobs._worker`). The format in
+Redis is arq's, key for key (:mod:`asyncjobs._claim`), so arq's ``Job`` API
 reads what this loop writes and arq's own worker can share a queue with it.
 
-What it runs and how a run's end is recorded live in :mod:`asyncjobs.runnables`.
+What it runs and how a run's end is recorded live in :mod:`asyncjobs._runnables`.
 The loop: claim up to the free slots' worth of ready jobs in one Lua call,
 start each as a task, collect outcomes and write them back in one Lua call
 per batch; when the queues are empty, block on the wake-up lists (polling
 every ``ASYNCJOBS_POLL_DELAY`` at most). A heartbeat task renews the
 worker's registration and hands dead workers' jobs back
-(:mod:`asyncjobs.liveness`); a cron task enqueues the reconcilers' runs.
+(:mod:`asyncjobs._liveness`); a cron task enqueues the reconcilers' runs.
 
 Stopping: SIGTERM or SIGINT stops claiming, lets running jobs finish for up
 to ``ASYNCJOBS_SHUTDOWN_GRACE`` seconds, then cancels the rest and hands them
@@ -44,7 +44,8 @@ from typing import Any
 
 import structlog
 
-from . import logs
+from . import _logs as logs
+from ._app import App
 from ._arq import (
     ABORT_SET,
     EXPIRES_EXTRA_MS,
@@ -62,8 +63,7 @@ from ._arq import (
     worker_redis,
 )
 from ._cancel import CANCEL_INFO_PREFIX
-from .app import App
-from .claim import (
+from ._claim import (
     CLAIM_LUA,
     FINISH_LUA,
     RECOVER_LUA,
@@ -73,8 +73,8 @@ from .claim import (
     parse_claim,
     wake_key,
 )
-from .enqueue import Prepared, serialize_job, write_prepared
-from .liveness import (
+from ._enqueue import Prepared, serialize_job, write_prepared
+from ._liveness import (
     MISSED_BEATS,
     beat,
     deregister,
@@ -82,7 +82,7 @@ from .liveness import (
     registration,
     worker_jobs_key,
 )
-from .runnables import (
+from ._runnables import (
     JobEnd,
     Record,
     Runnable,
@@ -90,7 +90,7 @@ from .runnables import (
     default_queues,
     runnables,
 )
-from .uniqueness import release, unique_key
+from ._uniqueness import release, unique_key
 
 _log = structlog.get_logger("asyncjobs.worker")
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
-from .exceptions import JobFailed
+from ._exceptions import JobFailed
 
 
 def compact_encoder(

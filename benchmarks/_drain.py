@@ -84,8 +84,8 @@ def main() -> None:
         if len(sys.argv) > 4:
             os.environ["ASYNCJOBS_DATABASE_URL"] = sys.argv[4]
         import asyncjobs
+        from asyncjobs._worker import import_job_modules
         from asyncjobs.runner import Worker as OwnWorker
-        from asyncjobs.worker import import_job_modules
 
         import_job_modules(("benchmarks.benchjobs",))
         own = OwnWorker(asyncjobs.get_app(), burst=True, handle_signals=False)

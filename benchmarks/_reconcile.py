@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import asyncjobs
-from asyncjobs.reconcilers import Reconciler, schedule_from_every
+from asyncjobs._reconcilers import Reconciler, schedule_from_every
 from benchmarks.benchjobs import noop
 
 

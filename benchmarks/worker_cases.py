@@ -71,7 +71,7 @@ async def _until(check: Callable[[], Awaitable[bool]], within: float, what: str)
 
 
 async def _registered(redis: Any, count: int) -> None:
-    from asyncjobs.liveness import registered_workers
+    from asyncjobs._liveness import registered_workers
 
     async def enough() -> bool:
         return len(await registered_workers(redis)) >= count

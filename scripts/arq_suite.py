@@ -79,9 +79,9 @@ def _substitute_enqueue(port: int) -> None:
     from arq.jobs import Job, serialize_job
 
     from asyncjobs import App, Settings
-    from asyncjobs.enqueue import WRITTEN, prepare, split_options, write_prepared
-    from asyncjobs.jobs import build_spec
-    from asyncjobs.middleware import EnqueueRequest
+    from asyncjobs._core import EnqueueRequest
+    from asyncjobs._enqueue import WRITTEN, prepare, split_options, write_prepared
+    from asyncjobs._jobs import build_spec
 
     async def any_job(ctx, *args, **kwargs):  # type: ignore[no-untyped-def]
         """Stands for every arq function: only its options are checked."""

@@ -23,7 +23,7 @@ from arq.jobs import Job, JobStatus
 import asyncjobs
 from asyncjobs import App, JobFailed
 from asyncjobs._arq import EnvRedisSettings, pack_command
-from asyncjobs.enqueue import Prepared, pack_enqueue
+from asyncjobs._enqueue import Prepared, pack_enqueue
 from asyncjobs.serializer import deserialize
 from asyncjobs.testing import WorkerProcess
 from tests.conftest import ROOT

@@ -25,7 +25,7 @@ from asyncjobs import (
     UnknownJobError,
     UnknownOptionError,
 )
-from asyncjobs.enqueue import serialize_job
+from asyncjobs._enqueue import serialize_job
 from asyncjobs.serializer import deserialize
 from asyncjobs.testing import free_port
 from tests.workerjobs import InvoiceJob, record_args

@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 
 import asyncjobs
 from asyncjobs import App, JobDefinitionError, Settings
+from asyncjobs._uniqueness import advisory_key
 from asyncjobs.testing import WorkerProcess
-from asyncjobs.uniqueness import advisory_key
 from tests.conftest import ROOT
 from tests.lockjobs import hold, optional_refresh, post_entry, refund, settle
 

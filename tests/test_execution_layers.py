@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from arq.worker import Retry
 
 from asyncjobs import App, Backoff, ExecutionRequest
-from asyncjobs.execution import (
+from asyncjobs._execution import (
     AdvisoryLock,
     JobTimeout,
     Locked,
@@ -21,8 +21,8 @@ from asyncjobs.execution import (
     decide,
     timeout_layer,
 )
-from asyncjobs.jobs import build_spec
-from asyncjobs.uniqueness import advisory_key, unique_key
+from asyncjobs._jobs import build_spec
+from asyncjobs._uniqueness import advisory_key, unique_key
 
 
 async def _job(ctx: dict[str, Any], n: int = 0) -> int:

@@ -12,11 +12,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from asyncjobs import App, AsyncJobsError, InvalidOptionError, JobSerializationError
-from asyncjobs.enqueue import split_options
-from asyncjobs.jobs import build_spec
-from asyncjobs.retries import parse_duration
-from asyncjobs.runnables import decode_payload
-from asyncjobs.settings import redact
+from asyncjobs._enqueue import split_options
+from asyncjobs._jobs import build_spec
+from asyncjobs._retries import parse_duration
+from asyncjobs._runnables import decode_payload
+from asyncjobs._settings import redact
 from asyncjobs.testing import WorkerProcess, free_port
 from tests.conftest import ROOT, run_module
 from tests.workerjobs import record_args

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from asyncjobs import App, Settings
-from asyncjobs.schema import applied, migrations
+from asyncjobs._schema import applied, migrations
 from tests.conftest import ROOT, cli
 
 

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asyncjobs import flag_name, snake_case
-from asyncjobs.naming import is_valid_job_name
+from asyncjobs._naming import is_valid_job_name
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def test_snake_case_is_idempotent_and_yields_valid_names(name: str) -> None:
 def test_job_ids_look_like_arqs_and_do_not_repeat_even_across_a_fork() -> None:
     import os
 
-    from asyncjobs.naming import new_job_id
+    from asyncjobs._naming import new_job_id
 
     ids = {new_job_id() for _ in range(100_000)}
     assert len(ids) == 100_000

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 import asyncjobs
 from asyncjobs import App, JobDefinitionError, Settings, stable_job_id
-from asyncjobs.reconcilers import schedule_from_every
+from asyncjobs._reconcilers import schedule_from_every
 from asyncjobs.testing import WorkerProcess
 from tests.conftest import ROOT, cli
 from tests.recjobs import SCHEMA, create_database, pending_rows

@@ -7,7 +7,7 @@ after three missed beats. Its id is also in the set ``asyncjobs:workers``,
 and the ids of the jobs it has claimed and not finished are in
 ``asyncjobs:worker-jobs:<id>``, which does not expire.
 
-On every beat, each live worker also runs :data:`~asyncjobs.claim.RECOVER_LUA`:
+On every beat, each live worker also runs :data:`~asyncjobs._claim.RECOVER_LUA`:
 a registered worker whose hash has expired is dead (SIGKILL, the OOM killer,
 a lost machine), and each job it still held is made ready again at once,
 counted as a try, and logged ``worker.recovered``. The script is atomic, so
@@ -36,7 +36,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .claim import WORKER_JOBS_PREFIX, WORKER_PREFIX, WORKERS_KEY
+from ._claim import WORKER_JOBS_PREFIX, WORKER_PREFIX, WORKERS_KEY
 
 MISSED_BEATS = 3
 """A registration expires after this many heartbeats without renewal."""

@@ -21,14 +21,13 @@ from __future__ import annotations
 import asyncio
 import difflib
 import json
-import math
 import random
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 
-from . import logs
+from . import _logs as logs
 from ._arq import (
     EXPIRES_EXTRA_MS,
     JOB_PREFIX,
@@ -43,8 +42,9 @@ from ._arq import (
     timestamp_ms,
     to_unix_ms,
 )
-from .claim import WAKE_LUA
-from .exceptions import (
+from ._claim import WAKE_LUA
+from ._core import Core, EnqueueRequest
+from ._exceptions import (
     ConfigurationError,
     EnqueueError,
     EnqueueOutcomeUnknownError,
@@ -54,15 +54,14 @@ from .exceptions import (
     RedisUnavailableError,
     UnknownOptionError,
 )
-from .naming import new_job_id
+from ._jobs import seconds
+from ._naming import new_job_id
+from ._settings import check_queue_name
+from ._uniqueness import unique_key
 from .serializer import compact_encoder, deserialize
-from .settings import check_queue_name
-from .uniqueness import unique_key
 
 if TYPE_CHECKING:
-    from .app import App
-    from .jobs import JobSpec
-    from .middleware import EnqueueRequest
+    from ._jobs import JobSpec
 
 ENQUEUE_OPTIONS = frozenset(
     {
@@ -126,29 +125,15 @@ def _unknown_option_message(job_name: str, key: str) -> str:
     )
 
 
-MAX_SECONDS = 10 * 365 * 86400
-"""The longest ``_defer_by``, ``_expires`` or ``_jitter``: ten years."""
 MAX_JOB_ID_LENGTH = 1024
 MAX_JOB_TRY = 1_000_000
 
 
 def _seconds(name: str, value: Any, *, allow_zero: bool) -> float:
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            seconds = float(value)
-        except OverflowError:
-            seconds = math.inf
-    else:
-        raise InvalidOptionError(f"{name} must be seconds or a timedelta, not {value!r}")
-    if math.isnan(seconds):
-        raise InvalidOptionError(f"{name} must be a number of seconds, not NaN")
-    if seconds < 0 or (seconds == 0 and not allow_zero):
-        raise InvalidOptionError(f"{name} must be {'0 or more' if allow_zero else 'positive'}")
-    if seconds > MAX_SECONDS:
-        raise InvalidOptionError(f"{name} must be at most ten years ({MAX_SECONDS} s)")
-    return seconds
+    # Options are checked before the client middleware runs (so a wrong call fails
+    # before any middleware sees it) and read again by prepare(), after it: middleware
+    # may change them. Both go through this one parser.
+    return seconds(value, name, allow_zero=allow_zero, error=InvalidOptionError)
 
 
 def _check_text(key: str, value: Any) -> None:
@@ -267,7 +252,7 @@ end
 _WAKE = (
     WAKE_LUA
     + """
--- Wake an idle worker of each queue written to (see asyncjobs.claim).
+-- Wake an idle worker of each queue written to (see asyncjobs._claim).
 for queue in pairs(woken) do wake(queue) end
 """
 )
@@ -441,7 +426,7 @@ class SentWrite:
     __slots__ = ("app", "job_ids", "raw", "script", "what")
 
     def __init__(
-        self, app: App, raw: RawCommand, script: AsyncScript, what: str, job_ids: tuple[str, ...]
+        self, app: Core, raw: RawCommand, script: AsyncScript, what: str, job_ids: tuple[str, ...]
     ) -> None:
         self.app, self.raw, self.script, self.what = app, raw, script, what
         self.job_ids = job_ids
@@ -489,14 +474,14 @@ class SentWrite:
         await self.raw.discard()
 
 
-async def send_prepared(app: App, jobs: list[Prepared], what: str) -> SentWrite:
+async def send_prepared(app: Core, jobs: list[Prepared], what: str) -> SentWrite:
     """Send the write of ``jobs`` (one EVALSHA); read the reply with :meth:`SentWrite.read`.
 
     A batch holds one job's calls, so either all are unique or none is. An
     unreachable Redis raises :class:`RedisUnavailableError` within
     ``settings.redis_timeout``, saying that ``what`` enqueued.
     """
-    script = await app.enqueue_script(unique=jobs[0].unique_key is not None)
+    script = await app.script(ENQUEUE_UNIQUE_LUA if jobs[0].unique_key is not None else ENQUEUE_LUA)
     command = pack_enqueue(script.sha, jobs)
     redis = await app.redis()
     try:
@@ -507,7 +492,7 @@ async def send_prepared(app: App, jobs: list[Prepared], what: str) -> SentWrite:
     return SentWrite(app, raw, script, what, tuple(job.job_id for job in jobs))
 
 
-def _unavailable(app: App, what: str, exc: BaseException) -> RedisUnavailableError:
+def _unavailable(app: Core, what: str, exc: BaseException) -> RedisUnavailableError:
     return RedisUnavailableError(
         f"Redis is unreachable ({type(exc).__name__}: {exc or 'timed out'} after at most "
         f"{app.settings.redis_timeout}s); {what} enqueued. "
@@ -515,7 +500,7 @@ def _unavailable(app: App, what: str, exc: BaseException) -> RedisUnavailableErr
     )
 
 
-async def write_prepared(app: App, jobs: list[Prepared], what: str) -> list[int]:
+async def write_prepared(app: Core, jobs: list[Prepared], what: str) -> list[int]:
     """Write ``jobs`` in one round trip and wait for the reply (see :func:`send_prepared`)."""
     return await (await send_prepared(app, jobs, what)).read()
 
@@ -534,3 +519,13 @@ async def write_job(request: EnqueueRequest) -> Job | None:
     return Job(
         job.job_id, redis=await app.redis(), _queue_name=job.queue, _deserializer=deserialize
     )
+
+
+async def enqueue(app: Core, job: Any, /, *args: Any, **kwargs: Any) -> Job | None:
+    """:meth:`asyncjobs.App.enqueue`: the job through the client chain to :func:`write_job`."""
+    spec = app.registry.resolve(job)
+    job_kwargs, options = split_options(spec, args, kwargs)
+    result: Job | None = await app.client_chain(write_job)(
+        EnqueueRequest(app, spec, args, job_kwargs, options)
+    )
+    return result

@@ -15,8 +15,8 @@ from typing import Any
 
 import structlog
 
-from .. import logs
-from ..exceptions import MigrationError
+from .. import _logs as logs
+from .._exceptions import MigrationError
 
 # A fixed 64-bit advisory-lock key for migrations: the first 8 bytes of
 # sha256("asyncjobs.migrate"), as a signed integer.

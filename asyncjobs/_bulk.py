@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from . import logs
+from . import _logs as logs
 from ._arq import Job
-from .enqueue import (
+from ._core import Core, EnqueueRequest
+from ._enqueue import (
     NOT_UNIQUE,
     WRITTEN,
     Prepared,
@@ -39,14 +40,12 @@ from .enqueue import (
     send_prepared,
     split_options,
 )
-from .exceptions import EnqueueError, InvalidOptionError
-from .middleware import EnqueueRequest, compose
+from ._exceptions import EnqueueError, InvalidOptionError
 from .serializer import deserialize
 
 if TYPE_CHECKING:
     from ._arq import ArqRedis
-    from .app import App
-    from .jobs import JobSpec
+    from ._jobs import JobSpec
 
 MAX_BATCH = 10_000
 _log = structlog.get_logger("asyncjobs.bulk")
@@ -108,11 +107,6 @@ async def _collect(request: EnqueueRequest) -> _Pending:
     return _Pending(len(batch) - 1)
 
 
-def bulk_chain(app: App) -> Any:
-    """The App's client chain with a collecting innermost step (composed once per App)."""
-    return compose(app.client_middleware, _collect)
-
-
 def _source(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterable[Any]:
     if isinstance(items, AsyncIterable):
         return items  # iterated directly: no extra generator hop per item
@@ -138,7 +132,7 @@ def _split_item(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 
 async def enqueue_stream(  # noqa: C901 -- one loop: batching, overlap of sends, and every way a stream ends
-    app: App,
+    app: Core,
     job: Any,
     items: Iterable[Any] | AsyncIterable[Any],
     *,
@@ -163,7 +157,7 @@ async def enqueue_stream(  # noqa: C901 -- one loop: batching, overlap of sends,
             "items (use Args(..., key=value) for keyword arguments); shared options start with '_'"
         )
     options = split_options(spec, (), options, bind=False)[1]
-    chain = app.bulk_chain()
+    chain = app.client_chain(_collect)
     done = 0
     collector = _Collector()
     results: list[Any] = []
@@ -241,7 +235,7 @@ class _InFlight:
 
     @classmethod
     async def send(
-        cls, app: App, spec: JobSpec, batch: list[Prepared], results: list[Any], done: int
+        cls, app: Core, spec: JobSpec, batch: list[Prepared], results: list[Any], done: int
     ) -> _InFlight:
         sent = None
         if batch:  # else every job of the batch was rejected by middleware
@@ -315,7 +309,7 @@ class _InFlight:
 
 
 async def enqueue_many(
-    app: App,
+    app: Core,
     job: Any,
     items: Iterable[Any] | AsyncIterable[Any],
     *,

@@ -9,7 +9,7 @@ Two things are asyncjobs' own and invisible to arq: the in-progress key holds
 the id of the worker running the job (arq writes ``1`` and only ever asks
 whether the key exists), and each worker keeps the ids of the jobs it runs
 in a set, so that a live worker can hand a dead one's jobs back
-(:mod:`asyncjobs.liveness`).
+(:mod:`asyncjobs._liveness`).
 
 One :data:`CLAIM_LUA` call claims up to the worker's free slots' worth of
 ready jobs across its queues, and one :data:`FINISH_LUA` call writes back

@@ -4,7 +4,7 @@
 
 Each layer is a middleware ``(request, call_next)`` over an
 :class:`~asyncjobs.ExecutionRequest`, composed once per job with
-:func:`~asyncjobs.middleware.compose`, and each can be run alone:
+:func:`~asyncjobs._middleware.compose`, and each can be run alone:
 
 - :class:`Outcome` times the try and says how it ended (``job.succeeded``,
   ``job.retrying``, ``job.failed``, ``job.dead``, ``job.locked``), frees the
@@ -32,13 +32,15 @@ from typing import Any, NoReturn, cast
 
 import structlog
 
-from . import logs
+from . import _logs as logs
+from ._app import App
 from ._arq import Retry, WorkerCoroutine
-from .app import App
-from .jobs import JobSpec
-from .middleware import ExecutionRequest, Handler, Middleware, compose
-from .retries import DEFAULT_BACKOFF, FIRST_FAILURE_KEY, retried_dead_letter
-from .uniqueness import LOCK_WAITS_PREFIX, advisory_key, lock_name, release, unique_key
+from ._backoff import DEFAULT_BACKOFF
+from ._core import ExecutionRequest
+from ._jobs import JobSpec
+from ._middleware import Handler, Middleware, compose
+from ._retries import FIRST_FAILURE_KEY, retried_dead_letter
+from ._uniqueness import LOCK_WAITS_PREFIX, advisory_key, lock_name, release, unique_key
 
 _log = structlog.get_logger("asyncjobs.worker")
 

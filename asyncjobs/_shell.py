@@ -69,7 +69,7 @@ class AsyncConsole(code.InteractiveConsole):
 def run_shell() -> None:
     """Run the shell on the default App until end of input."""
     import asyncjobs
-    from asyncjobs.app import get_app
+    from asyncjobs._app import get_app
 
     app = get_app()
     namespace: dict[str, Any] = {

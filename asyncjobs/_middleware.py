@@ -6,64 +6,18 @@ returning without awaiting ``call_next(request)`` rejects the enqueue, and
 wraps every job execution in the worker and gets an :class:`ExecutionRequest`;
 what it returns is the job's result, and what it raises is the job's failure.
 
-The first middleware in a list is the outermost.
+The first middleware in a list is the outermost. The requests themselves are
+defined with the App's low layer, in :mod:`asyncjobs._core`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Self, SupportsIndex, TypeVar
-
-if TYPE_CHECKING:
-    from .app import App
-    from .jobs import JobSpec
+from typing import Any, Generic, Self, SupportsIndex, TypeVar
 
 R = TypeVar("R")
 Handler = Callable[[R], Awaitable[Any]]
 Middleware = Callable[[R, Handler[R]], Awaitable[Any]]
-
-
-@dataclass(slots=True)
-class EnqueueRequest:
-    """One enqueue on its way to Redis. Middleware may change ``options``."""
-
-    app: App
-    spec: JobSpec
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    options: dict[str, Any]
-
-    @property
-    def job_name(self) -> str:
-        """The job's registered name."""
-        return self.spec.name
-
-
-@dataclass(slots=True)
-class ExecutionRequest:
-    """One execution of a job inside a worker; ``ctx`` is arq's job context."""
-
-    app: App
-    spec: JobSpec
-    ctx: dict[str, Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-
-    @property
-    def job_name(self) -> str:
-        """The job's registered name."""
-        return self.spec.name
-
-    @property
-    def job_id(self) -> str:
-        """arq's job id."""
-        return str(self.ctx.get("job_id", ""))
-
-    @property
-    def job_try(self) -> int:
-        """Which try this is, from 1."""
-        return int(self.ctx.get("job_try", 1))
 
 
 class _Layer(Generic[R]):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
-from .exceptions import DuplicateJobError, JobDefinitionError, UnknownJobError
-from .naming import is_valid_job_name, snake_case
-from .retries import BackoffPolicy
+from ._backoff import BackoffPolicy
+from ._exceptions import AsyncJobsError, DuplicateJobError, JobDefinitionError, UnknownJobError
+from ._naming import is_valid_job_name, snake_case
 
 T = TypeVar("T")
 SPEC_ATTRIBUTE = "__asyncjobs_job__"
@@ -18,15 +19,40 @@ SPEC_ATTRIBUTE = "__asyncjobs_job__"
 Seconds = float | int | timedelta
 
 
-def to_seconds(value: Seconds | None, what: str) -> float | None:
-    """Seconds from a number or a timedelta; ``None`` stays ``None``."""
-    if value is None:
-        return None
+MAX_SECONDS = 10 * 365 * 86400
+"""The longest duration anywhere (ten years): longer is a mistake, not a plan."""
+
+
+def seconds(
+    value: Any,
+    what: str,
+    *,
+    allow_zero: bool = True,
+    error: type[AsyncJobsError] = JobDefinitionError,
+) -> float:
+    """Seconds from a number or a timedelta: not NaN, not negative (nor zero unless
+    ``allow_zero``), at most :data:`MAX_SECONDS`; else ``error`` naming ``what``."""
     if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise JobDefinitionError(f"{what} must be seconds or a timedelta, not {value!r}")
-    return float(value)
+        result = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            result = float(value)
+        except OverflowError:
+            result = math.inf
+    else:
+        raise error(f"{what} must be seconds or a timedelta, not {value!r}")
+    if math.isnan(result):
+        raise error(f"{what} must be a number of seconds, not NaN")
+    if result < 0 or (result == 0 and not allow_zero):
+        raise error(f"{what} must be {'0 or more' if allow_zero else 'positive'}")
+    if result > MAX_SECONDS:
+        raise error(f"{what} must be at most ten years ({MAX_SECONDS} s)")
+    return result
+
+
+def to_seconds(value: Seconds | None, what: str) -> float | None:
+    """:func:`seconds` for a job option; ``None`` stays ``None``."""
+    return None if value is None else seconds(value, what)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -360,10 +386,10 @@ def job(target: Any = None, /, *, registry: Registry | None = None, **options: A
     ``timeout`` and ``keep_result`` (seconds or ``timedelta``); and retries:
     ``max_tries`` (default 25), ``backoff`` (default :class:`asyncjobs.Backoff`),
     ``retry_on``/``give_up_on`` (exception classes) and ``redact_args`` (keep no
-    arguments in the job's dead letter), see :mod:`asyncjobs.retries`; and
+    arguments in the job's dead letter), see :mod:`asyncjobs._retries`; and
     uniqueness and exclusivity: ``unique_for``, ``unique_until``, ``unique_key``,
     ``lock``, ``exclusive``, ``on_locked``, ``lock_retry``, see
-    :mod:`asyncjobs.uniqueness`. The decorated
+    :mod:`asyncjobs._uniqueness`. The decorated
     object is returned unchanged, so it can still be called directly in tests.
     Raises :class:`JobDefinitionError` for something that cannot be a job and
     :class:`DuplicateJobError` for a taken name.

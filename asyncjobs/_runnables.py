@@ -3,7 +3,7 @@
 :func:`runnables` turns an App's registry and reconcilers into the jobs a worker can
 run (each through the execution path, with arq's limits); :func:`decode_payload`
 reads a claimed payload (JSON only, checked for arq's shape); :class:`JobEnd` and
-:class:`Record` turn an outcome into a :data:`~asyncjobs.claim.FINISH_LUA` record,
+:class:`Record` turn an outcome into a :data:`~asyncjobs._claim.FINISH_LUA` record,
 with arq's result record when the result is kept.
 """
 
@@ -15,11 +15,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._app import App
 from ._arq import CronJob, result_record, timestamp_ms
-from .app import App
-from .claim import Claimed
-from .execution import executor, job_timeout
-from .jobs import JobSpec
+from ._claim import Claimed
+from ._execution import executor, job_timeout
+from ._jobs import JobSpec
 
 CRON_KEEP_IN_PROGRESS_MS = 60_000
 """arq keeps a finished cron job's in-progress key this long, so no worker runs it twice."""

@@ -38,15 +38,15 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from . import logs
+from . import _logs as logs
 from ._arq import CronJob, arq_cron
-from .bulk import Args, BulkStats
-from .exceptions import JobDefinitionError
-from .jobs import JobSpec, Registry, build_spec, default_registry, to_seconds
-from .naming import stable_digest
+from ._bulk import Args, BulkStats, enqueue_stream
+from ._exceptions import JobDefinitionError
+from ._jobs import JobSpec, Registry, build_spec, default_registry, to_seconds
+from ._naming import stable_digest
 
 if TYPE_CHECKING:
-    from .app import App
+    from ._core import Core
 
 _log = structlog.get_logger("asyncjobs.reconcilers")
 
@@ -155,7 +155,7 @@ class Reconciler:
         """The name of the job this reconciler enqueues."""
         return str(self.job if isinstance(self.job, str) else self.job.__asyncjobs_job__.name)
 
-    async def run(self, app: App, ctx: dict[str, Any] | None = None) -> ReconcileResult:
+    async def run(self, app: Core, ctx: dict[str, Any] | None = None) -> ReconcileResult:
         """Run once: stream the pending rows and enqueue their jobs; returns the counts."""
         start = time.perf_counter()
         stats = BulkStats()
@@ -191,7 +191,7 @@ class Reconciler:
         )
         return result
 
-    async def _run(self, app: App, ctx: dict[str, Any], stats: BulkStats) -> int:
+    async def _run(self, app: Core, ctx: dict[str, Any], stats: BulkStats) -> int:
         made = await self.query(ctx)
         if isinstance(made, str):
             sql, params = made, ()
@@ -217,8 +217,8 @@ class Reconciler:
                     rows += 1
                     yield job_args(row)
 
-            async for _ in app.enqueue_stream(
-                self.job, items(), batch_size=self.batch_size, stats=stats, **options
+            async for _ in enqueue_stream(
+                app, self.job, items(), batch_size=self.batch_size, stats=stats, **options
             ):
                 pass
         return rows

@@ -39,11 +39,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .naming import stable_digest
+from ._naming import stable_digest
 
 if TYPE_CHECKING:
     from ._arq import Redis
-    from .jobs import JobSpec
+    from ._jobs import JobSpec
 
 UNIQUE_PREFIX = "asyncjobs:unique:"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from .exceptions import ConfigurationError
+from ._exceptions import ConfigurationError
 
 PREFIX = "ASYNCJOBS_"
 

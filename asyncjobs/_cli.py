@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import click
 
-from .exceptions import AsyncJobsError
-from .settings import environment_help
+from ._exceptions import AsyncJobsError
+from ._settings import environment_help
 
 T = TypeVar("T")
 
@@ -42,7 +42,7 @@ def _debug() -> bool:
 def _quiet_logs() -> None:
     """A command's standard output is its result; its log events go to standard error,
     and only errors unless ``ASYNCJOBS_LOG_LEVEL`` asks for more."""
-    from .logs import configure_logging, route_stdlib_logging
+    from ._logs import configure_logging, route_stdlib_logging
 
     level = os.environ.get("ASYNCJOBS_LOG_LEVEL", "").strip().lower() or "error"
     fmt = os.environ.get("ASYNCJOBS_LOG_FORMAT", "").strip().lower() or "auto"
@@ -75,7 +75,7 @@ def cli() -> None:
 @cli.command()
 def migrate() -> None:
     """Create or update asyncjobs' tables in ASYNCJOBS_DATABASE_URL (idempotent)."""
-    from .app import App
+    from ._app import App
 
     async def go() -> list[str]:
         async with App() as app:
@@ -92,7 +92,7 @@ def migrate() -> None:
 @cli.command()
 def check() -> None:
     """Check that Redis and PostgreSQL are reachable with the current settings."""
-    from .app import App
+    from ._app import App
 
     async def go() -> list[tuple[str, str]]:
         report = []
@@ -128,9 +128,9 @@ def jobs() -> None:
 
 
 def _registry_from_env() -> Any:
-    from .app import get_app
-    from .settings import Settings
-    from .worker import import_job_modules
+    from ._app import get_app
+    from ._settings import Settings
+    from ._worker import import_job_modules
 
     try:
         import_job_modules(Settings.from_env().imports)
@@ -156,7 +156,7 @@ def _stopped_flags(app: Any) -> dict[str, bool] | None:
 @jobs.command("list")
 def jobs_list() -> None:
     """List the registered jobs with their queue, timeout and whether each is stopped."""
-    from .app import get_app
+    from ._app import get_app
 
     registry = _registry_from_env()
     if not len(registry):
@@ -177,7 +177,7 @@ def jobs_list() -> None:
 
 
 def _change(flag: str, on: bool, actor: str | None, reason: str | None) -> Any:
-    from .app import get_app
+    from ._app import get_app
 
     async def go() -> Any:
         app = get_app()
@@ -258,7 +258,7 @@ def flags() -> None:
 @flags.command("list")
 def flags_list() -> None:
     """Every flag: state, counters of rejected enqueues and skipped runs, last change."""
-    from .app import get_app
+    from ._app import get_app
 
     registry = _registry_from_env()
     app = get_app()
@@ -341,7 +341,7 @@ def flags_disable(flag: str, reason: str | None, actor: str | None) -> None:
 )
 def flags_history(flag: str | None, limit: int) -> None:
     """Changes to FLAG (or to every flag), newest first."""
-    from .app import get_app
+    from ._app import get_app
 
     app = get_app()
 
@@ -366,7 +366,7 @@ def flags_history(flag: str | None, limit: int) -> None:
 
 def _with_app(use: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``use(app)`` on the default App (jobs imported), closing it afterwards."""
-    from .app import get_app
+    from ._app import get_app
 
     _registry_from_env()
     app = get_app()
@@ -447,7 +447,7 @@ def dead_retry(dead_id: int | None, all_: bool, job: str | None) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask (needed when not on a terminal).")
 def dead_purge(older_than: str | None, job: str | None, dry_run: bool, yes: bool) -> None:
     """Delete dead letters (asks first; --dry-run shows what would go)."""
-    from .retries import parse_duration
+    from ._retries import parse_duration
 
     try:
         age = parse_duration(older_than) if older_than is not None else None
@@ -484,7 +484,7 @@ def dead_purge(older_than: str | None, job: str | None, dry_run: bool, yes: bool
 @click.option("--list", "list_", is_flag=True, help="List the reconcilers instead.")
 def reconcile(name: str | None, list_: bool) -> None:
     """Run reconciler NAME once, now, and print its counts (or --list them)."""
-    from .app import get_app
+    from ._app import get_app
 
     _registry_from_env()
     app = get_app()
@@ -526,7 +526,7 @@ def shell() -> None:
 
     In scope: app, flags (app.flags), enqueue, asyncjobs, and every registered job.
     """
-    from .shell import run_shell
+    from ._shell import run_shell
 
     _registry_from_env()
     run_shell()
@@ -570,8 +570,8 @@ def dev(
         raise click.ClickException(f"the servers did not start: {exc}") from exc
     try:
         if migrate:
-            from .app import App
-            from .settings import Settings
+            from ._app import App
+            from ._settings import Settings
 
             async def go() -> Any:
                 async with App(Settings(**_settings_kwargs(services.environ))) as app:

@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import builtins
 import json
-import random
 import re
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import structlog
 
-from .exceptions import AsyncJobsError
-
-if TYPE_CHECKING:
-    from ._arq import Job
-    from .app import App
+from ._arq import EXPIRES_EXTRA_MS, Job, timestamp_ms
+from ._core import Core
+from ._enqueue import WRITTEN, Prepared, enqueue, write_prepared
+from ._exceptions import AsyncJobsError
+from ._naming import new_job_id
+from .serializer import deserialize
 
 _log = structlog.get_logger("asyncjobs.retries")
 
@@ -41,52 +41,6 @@ DEAD_RETRY_PREFIX = "dead:"
 can remove the record when the retried job succeeds without any lookup."""
 
 FIRST_FAILURE_KEY = "asyncjobs:first-failure:"
-
-
-class BackoffPolicy(Protocol):
-    """Anything with ``delay(failed_try) -> seconds`` can be a job's ``backoff``."""
-
-    def delay(self, failed_try: int) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with a cap and jitter.
-
-    After try ``n`` fails, the nominal delay is ``d = min(cap, base * factor**(n-1))``;
-    the actual delay is drawn uniformly from ``[d * (1 - jitter), d]``.
-    """
-
-    base: float = 15.0
-    factor: float = 2.0
-    cap: float = 6 * 3600.0
-    jitter: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not (self.base > 0 and self.factor >= 1 and self.cap >= self.base):
-            raise AsyncJobsError("Backoff needs base > 0, factor >= 1 and cap >= base")
-        if not 0 <= self.jitter <= 1:
-            raise AsyncJobsError("Backoff jitter is a fraction from 0 to 1")
-
-    def nominal(self, failed_try: int) -> float:
-        """The delay before jitter."""
-        exponent = max(0, failed_try - 1)
-        if exponent > 1000:  # factor ** exponent would overflow; the cap applies anyway
-            return self.cap
-        return float(min(self.cap, self.base * self.factor**exponent))
-
-    def bounds(self, failed_try: int) -> tuple[float, float]:
-        """(shortest, longest) delay after try ``failed_try`` fails."""
-        high = self.nominal(failed_try)
-        return high * (1 - self.jitter), high
-
-    def delay(self, failed_try: int, rng: random.Random | None = None) -> float:
-        """A delay in :meth:`bounds`."""
-        low, high = self.bounds(failed_try)
-        return (rng or random).uniform(low, high)
-
-
-DEFAULT_BACKOFF = Backoff()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +101,7 @@ def _row(record: Any) -> DeadLetter:
 class DeadLetters:
     """The dead-letter store of one App (``app.dead``)."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Core) -> None:
         self._app = app
 
     async def record(
@@ -164,41 +118,18 @@ class DeadLetters:
         first_failed_at: datetime | None,
     ) -> int:
         """Write (or, for a retried dead letter, update) the record; returns its id."""
-        error = f"{type(exc).__name__}: {exc}"
-        trace = "".join(traceback.format_exception(exc))
-        args_json = None if redact else json.dumps(list(args), default=repr)
-        kwargs_json = None if redact else json.dumps(kwargs, default=repr)
-        pool = await self._app.db()
-        retried = retried_dead_letter(job_id)
-        if retried is not None:
-            found = await pool.fetchval(
-                "UPDATE asyncjobs.dead_letters SET tries = tries + $2, error = $3, "
-                "traceback = $4, last_failed_at = now(), job_id = $5 WHERE id = $1 RETURNING id",
-                retried,
-                tries,
-                error,
-                trace,
-                job_id,
-            )
-            if found is not None:
-                return int(found)
-        new_id = await pool.fetchval(
-            "INSERT INTO asyncjobs.dead_letters (job_name, job_id, queue, args, kwargs, "
-            "redacted, tries, error, traceback, first_failed_at) "
-            "VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, coalesce($10, now())) "
-            "RETURNING id",
-            job_name,
-            job_id,
-            queue,
-            args_json,
-            kwargs_json,
-            redact,
-            tries,
-            error,
-            trace,
-            first_failed_at,
+        return await self._write(
+            job_name=job_name,
+            job_id=job_id,
+            queue=queue,
+            args=None if redact else json.dumps(list(args), default=repr),
+            kwargs=None if redact else json.dumps(kwargs, default=repr),
+            redacted=redact,
+            tries=tries,
+            error=f"{type(exc).__name__}: {exc}",
+            trace="".join(traceback.format_exception(exc)),
+            first_failed_at=first_failed_at,
         )
-        return int(new_id)
 
     async def record_unrunnable(
         self,
@@ -215,15 +146,47 @@ class DeadLetters:
     ) -> int:
         """Keep a job the worker cannot run (``reason``: ``unknown_job``, ``bad_payload``,
         ``bad_arguments`` or ``tries_exhausted``) with its raw payload; returns its id."""
+        return await self._write(
+            job_name=job_name,
+            job_id=job_id,
+            queue=queue,
+            args=None if args is None else json.dumps(args, default=repr),
+            kwargs=None if kwargs is None else json.dumps(kwargs, default=repr),
+            tries=tries,
+            error=error,
+            reason=reason,
+            payload=payload,
+        )
+
+    async def _write(
+        self,
+        *,
+        job_name: str,
+        job_id: str,
+        queue: str,
+        args: str | None,
+        kwargs: str | None,
+        tries: int,
+        error: str,
+        redacted: bool = False,
+        trace: str | None = None,
+        first_failed_at: datetime | None = None,
+        reason: str | None = None,
+        payload: bytes | None = None,
+    ) -> int:
+        """Insert a dead letter, or for a retried one (``dead:<id>:...``) add to its record:
+        the tries, the last error and its traceback or reason where given."""
         pool = await self._app.db()
         retried = retried_dead_letter(job_id)
         if retried is not None:
             found = await pool.fetchval(
                 "UPDATE asyncjobs.dead_letters SET tries = tries + $2, error = $3, "
-                "last_failed_at = now(), job_id = $4, reason = $5 WHERE id = $1 RETURNING id",
+                "traceback = coalesce($4, traceback), last_failed_at = now(), job_id = $5, "
+                "reason = coalesce($6, reason) WHERE id = $1 RETURNING id",
                 retried,
                 tries,
                 error,
+                trace,
                 job_id,
                 reason,
             )
@@ -231,15 +194,19 @@ class DeadLetters:
                 return int(found)
         new_id = await pool.fetchval(
             "INSERT INTO asyncjobs.dead_letters (job_name, job_id, queue, args, kwargs, "
-            "redacted, tries, error, traceback, reason, payload) "
-            "VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, false, $6, $7, '', $8, $9) RETURNING id",
+            "redacted, tries, error, traceback, first_failed_at, reason, payload) "
+            "VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, coalesce($9, ''), "
+            "coalesce($10, now()), coalesce($11, 'failed'), $12) RETURNING id",
             job_name,
             job_id,
             queue,
-            None if args is None else json.dumps(args, default=repr),
-            None if kwargs is None else json.dumps(kwargs, default=repr),
+            args,
+            kwargs,
+            redacted,
             tries,
             error,
+            trace,
+            first_failed_at,
             reason,
             payload,
         )
@@ -293,7 +260,8 @@ class DeadLetters:
                 f"dead letter {dead_id} was redacted (its arguments were not kept); "
                 "it cannot be retried, only purged"
             )
-        return await self._app.enqueue(
+        return await enqueue(
+            self._app,
             letter.job_name,
             *(letter.args or []),
             **(letter.kwargs or {}),
@@ -357,12 +325,8 @@ def retried_dead_letter(job_id: str | None) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-async def _write_raw(app: App, letter: DeadLetter, job_id: str) -> Job | None:
+async def _write_raw(app: Core, letter: DeadLetter, job_id: str) -> Job | None:
     """Put a dead letter's payload back in its queue, unchanged, under ``job_id``."""
-    from ._arq import EXPIRES_EXTRA_MS, Job, timestamp_ms
-    from .enqueue import WRITTEN, Prepared, write_prepared
-    from .serializer import deserialize
-
     assert letter.payload is not None
     job = Prepared(job_id, letter.queue, timestamp_ms(), EXPIRES_EXTRA_MS, letter.payload, None, 0)
     (code,) = await write_prepared(app, [job], f"dead letter {letter.id} was not")
@@ -372,6 +336,4 @@ async def _write_raw(app: App, letter: DeadLetter, job_id: str) -> Job | None:
 
 
 def _new_suffix() -> str:
-    from .naming import new_job_id
-
     return new_job_id()

@@ -11,7 +11,7 @@ says why it is not an arq subclass) for the worker's whole life. A subclass
 can set the options the loop reads (``max_jobs = 50``, ``queues``, ...) and
 ``on_startup``/``on_shutdown`` hooks, which get the worker's context.
 
-Every job runs inside the execution wrapper (:mod:`asyncjobs.execution`): the
+Every job runs inside the execution wrapper (:mod:`asyncjobs._execution`): the
 App's server-middleware chain, with ``job.started`` / ``job.succeeded`` /
 ``job.failed`` events.
 """
@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from . import logs
+from . import _logs as logs
+from ._app import App, get_app
 from ._arq import (
     EnvRedisSettings,
     Function,
@@ -38,11 +39,10 @@ from ._arq import (
     func,
     redis_settings,
 )
-from .app import App, get_app
-from .exceptions import ConfigurationError
+from ._exceptions import ConfigurationError
+from ._settings import HOW_TO_CONFIGURE, Settings, redact
 from .runner import Worker
 from .serializer import deserialize, serialize
-from .settings import HOW_TO_CONFIGURE, Settings, redact
 
 _log = structlog.get_logger("asyncjobs.worker")
 

@@ -1,0 +1,212 @@
+"""The App: configuration, the Redis and PostgreSQL pools, the registry and middleware.
+
+An App opens its pools lazily on first use and closes them with :meth:`App.close`
+or ``async with``. Plug it into a web framework's lifespan::
+
+    app = asyncjobs.App()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        async with app:
+            yield
+
+The module-level functions (``asyncjobs.enqueue`` ...) use one default App,
+built from :meth:`Settings.from_env` on first use; :func:`set_app` replaces it
+and :func:`reset_app` forgets it (for tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from ._arq import Job
+from ._bulk import BulkStats
+from ._bulk import enqueue_many as _enqueue_many
+from ._bulk import enqueue_stream as _enqueue_stream
+from ._cancel import CancelResult
+from ._cancel import cancel as _cancel
+from ._core import Core, EnqueueRequest, ExecutionRequest
+from ._enqueue import enqueue as _enqueue
+from ._gates import execution_gate
+from ._gates import kill_switch as _kill_switch
+from ._jobs import Registry, default_registry
+from ._middleware import Middleware
+from ._reconcilers import ReconcilerRegistry, default_reconcilers
+from ._retries import DeadLetters
+from ._schema import migrate
+from ._settings import Settings
+
+
+class App(Core):
+    """Owns the pools, the registry and the middleware chains, and wires the features.
+
+    ``settings`` defaults to :meth:`Settings.from_env`; ``registry`` to the one
+    ``@job`` fills. ``client_middleware`` wraps every enqueue and
+    ``server_middleware`` every execution in a worker, first = outermost. The
+    kill switch (:mod:`asyncjobs.flags`) is the outermost of both unless
+    ``kill_switch=False``. The pools and the middleware lists are
+    :class:`~asyncjobs._core.Core`'s.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        registry: Registry | None = None,
+        reconcilers: ReconcilerRegistry | None = None,
+        client_middleware: Sequence[Middleware[EnqueueRequest]] = (),
+        server_middleware: Sequence[Middleware[ExecutionRequest]] = (),
+        kill_switch: bool = True,
+    ) -> None:
+        super().__init__(
+            settings if settings is not None else Settings.from_env(),
+            registry if registry is not None else default_registry,
+        )
+        self.reconcilers = reconcilers if reconcilers is not None else default_reconcilers
+        if kill_switch:
+            self.client_middleware.append(_kill_switch)
+            self.server_middleware.append(execution_gate)
+        self.client_middleware += client_middleware
+        self.server_middleware += server_middleware
+        self.dead = DeadLetters(self)
+        """This App's dead letters: ``await app.dead.list()``, ``retry(id)``, ``purge()``."""
+
+    async def __aenter__(self) -> App:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def enqueue(self, job: Any, /, *args: Any, **kwargs: Any) -> Job | None:
+        """Enqueue ``job`` (a decorated job or its name) with ``args`` and ``kwargs``.
+
+        Keyword arguments starting with ``_`` are arq's options: ``_job_id``,
+        ``_queue_name``, ``_defer_by``, ``_defer_until``, ``_expires``, ``_job_try``.
+        Returns arq's :class:`~arq.jobs.Job`, or ``None`` when a client middleware
+        rejected the job or a job with the same ``_job_id`` exists. Raises an
+        :class:`EnqueueError` subclass for a call that cannot be right (nothing is
+        written) and :class:`RedisUnavailableError` when Redis is unreachable.
+        """
+        return await _enqueue(self, job, *args, **kwargs)
+
+    async def enqueue_many(
+        self,
+        job: Any,
+        items: Iterable[Any] | AsyncIterable[Any],
+        /,
+        *,
+        batch_size: int = 1000,
+        **options: Any,
+    ) -> list[Job | None]:
+        """Enqueue one ``job`` per item, ``batch_size`` per Redis round trip.
+
+        An item is a tuple of positional arguments, an :class:`~asyncjobs.Args`
+        (keyword arguments and per-job ``_options``), or the job's one argument.
+        ``options`` (``_defer_by``, ``_jitter`` ...) apply to every job. Returns,
+        in input order, each job's :class:`~arq.jobs.Job` or ``None`` (rejected by
+        middleware, or a duplicate ``_job_id``). Every result is kept: for millions
+        of items use :meth:`enqueue_stream`. See :mod:`asyncjobs._bulk`.
+        """
+        return await _enqueue_many(self, job, items, batch_size=batch_size, **options)
+
+    def enqueue_stream(
+        self,
+        job: Any,
+        items: Iterable[Any] | AsyncIterable[Any],
+        /,
+        *,
+        batch_size: int = 1000,
+        stats: BulkStats | None = None,
+        **options: Any,
+    ) -> AsyncIterator[list[Job | None]]:
+        """Like :meth:`enqueue_many`, yielding each batch's results: memory stays bounded.
+
+        ``stats`` (a :class:`~asyncjobs._bulk.BulkStats`) collects the counts if given.
+        """
+        return _enqueue_stream(self, job, items, batch_size=batch_size, stats=stats, **options)
+
+    async def cancel(
+        self,
+        job_id: str,
+        *,
+        reason: str | None = None,
+        actor: str | None = None,
+        queue: str | None = None,
+    ) -> CancelResult:
+        """Cancel a job: a queued or deferred one is removed, a running one is stopped where
+        it runs within a second, neither retried nor dead-lettered. ``outcome`` of the
+        result says which, or ``"not_found"``/``"finished"``; see :mod:`asyncjobs._cancel`.
+        Raises :class:`CancelError` for a malformed id or an unreachable Redis."""
+        return await _cancel(self, job_id, reason=reason, actor=actor, queue=queue)
+
+    async def migrate(self) -> list[str]:
+        """Apply the runtime's pending schema migrations; returns the names applied."""
+        pool = await self.db()
+        async with pool.acquire() as conn:
+            return await migrate(conn)
+
+
+_default_app: App | None = None
+
+
+def get_app() -> App:
+    """The default App, built from the environment on first use."""
+    global _default_app
+    if _default_app is None:
+        _default_app = App()
+    return _default_app
+
+
+def set_app(app: App | None) -> App | None:
+    """Make ``app`` the default App; returns the previous one (not closed)."""
+    global _default_app
+    previous, _default_app = _default_app, app
+    return previous
+
+
+def reset_app() -> None:
+    """Forget the default App, so the next use builds it anew (for tests)."""
+    set_app(None)
+
+
+async def enqueue(job: Any, /, *args: Any, **kwargs: Any) -> Job | None:
+    """:meth:`App.enqueue` on the default App."""
+    return await get_app().enqueue(job, *args, **kwargs)
+
+
+async def enqueue_many(
+    job: Any,
+    items: Iterable[Any] | AsyncIterable[Any],
+    /,
+    *,
+    batch_size: int = 1000,
+    **options: Any,
+) -> list[Job | None]:
+    """:meth:`App.enqueue_many` on the default App."""
+    return await get_app().enqueue_many(job, items, batch_size=batch_size, **options)
+
+
+def enqueue_stream(
+    job: Any,
+    items: Iterable[Any] | AsyncIterable[Any],
+    /,
+    *,
+    batch_size: int = 1000,
+    **options: Any,
+) -> AsyncIterator[list[Job | None]]:
+    """:meth:`App.enqueue_stream` on the default App."""
+    return get_app().enqueue_stream(job, items, batch_size=batch_size, **options)
+
+
+async def cancel(
+    job_id: str, *, reason: str | None = None, actor: str | None = None, queue: str | None = None
+) -> CancelResult:
+    """:meth:`App.cancel` on the default App."""
+    return await get_app().cancel(job_id, reason=reason, actor=actor, queue=queue)

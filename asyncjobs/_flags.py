@@ -1,0 +1,413 @@
+"""Feature flags in PostgreSQL, read through an in-process cache: the kill switch.
+
+A job named ``invoice_job`` is stopped by the flag ``disable_invoice_job``
+(:func:`asyncjobs.flag_name`). While that flag is on, the client middleware
+:func:`~asyncjobs._gates.kill_switch` rejects its enqueues (nothing reaches Redis, ``enqueue()``
+returns ``None``) and the server middleware :func:`~asyncjobs._gates.execution_gate` skips the
+copies that were queued before the flag went on.
+
+Reads are served from a snapshot of every enabled flag, loaded by one query
+and kept for ``ASYNCJOBS_FLAG_TTL`` seconds; a warm check is a set lookup with
+no I/O. Callers that find the snapshot stale share one in-flight load
+(single-flight), bounded by ``ASYNCJOBS_FLAG_TIMEOUT``. Changes are pushed with
+``LISTEN/NOTIFY`` on the channel ``asyncjobs_flags``, so every connected
+process applies them at once; the TTL is the bound when a notification is lost.
+If PostgreSQL is unreachable, the last snapshot keeps serving (``flags.unavailable``
+is logged once per outage); if none was ever loaded, flags read as off (jobs
+run) unless ``ASYNCJOBS_FLAGS_FAIL_CLOSED`` is set.
+
+This module is the store; the gates are in :mod:`asyncjobs._gates` and the
+default App's functions (``await asyncjobs.flags.enable(...)``) in the public
+:mod:`asyncjobs.flags`. On any App the store is ``app.flags``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import getpass
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import asyncpg
+import structlog
+
+from . import _logs as logs
+from ._exceptions import FlagNameError
+
+if TYPE_CHECKING:
+    from ._settings import Settings
+
+
+class Database(Protocol):
+    """What a flag store needs of its App: the settings and the PostgreSQL pool."""
+
+    settings: Settings
+
+    async def db(self) -> asyncpg.Pool: ...
+
+    def has_db(self) -> bool: ...
+
+
+CHANNEL = "asyncjobs_flags"
+_FLUSH_AFTER_S = 1.0
+"""Counted rejections and skips reach PostgreSQL within about this long."""
+_GRACE_S = 0.05
+"""How much longer than ``flag_timeout`` a caller waits for a shared load."""
+_VALID = re.compile(r"^[a-z][a-z0-9_]{0,127}$")
+_log = structlog.get_logger("asyncjobs.flags")
+
+
+def check_flag_name(name: str) -> str:
+    """``name`` if it is a valid flag name, else :class:`FlagNameError` saying why."""
+    if not isinstance(name, str) or not _VALID.match(name):
+        raise FlagNameError(
+            f"{name!r} is not a valid flag name: use lower-case letters, digits and "
+            "underscores, starting with a letter, at most 128 characters (e.g. disable_invoice_job)"
+        )
+    return name
+
+
+def default_actor() -> str:
+    """Who is changing a flag when no ``actor`` is given: the OS user."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name for this uid (e.g. a bare container)
+        return "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class FlagChange:
+    """The result of :meth:`FlagStore.enable` / :meth:`FlagStore.disable`."""
+
+    name: str
+    old: bool | None
+    new: bool
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """A flag as :meth:`FlagStore.list` reports it, with its counters."""
+
+    name: str
+    enabled: bool
+    updated_at: datetime
+    updated_by: str
+    reason: str | None
+    rejected: int
+    skipped: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlagEvent:
+    """One row of a flag's history."""
+
+    name: str
+    old_value: bool | None
+    new_value: bool
+    actor: str
+    reason: str | None
+    at: datetime
+
+
+_SET_SQL = """
+INSERT INTO asyncjobs.flags (name, enabled, updated_by, reason) VALUES ($1, $2, $3, $4)
+ON CONFLICT (name) DO UPDATE
+SET enabled = EXCLUDED.enabled, updated_at = now(), updated_by = EXCLUDED.updated_by,
+    reason = EXCLUDED.reason
+"""
+_HISTORY_SQL = """
+INSERT INTO asyncjobs.flag_history (name, old_value, new_value, actor, reason)
+VALUES ($1, $2, $3, $4, $5)
+"""
+_FLUSH_SQL = """
+INSERT INTO asyncjobs.flag_counters AS c (name, kind, count)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+ON CONFLICT (name, kind) DO UPDATE SET count = c.count + EXCLUDED.count, last_at = now()
+"""
+_LIST_SQL = """
+SELECT f.name, f.enabled, f.updated_at, f.updated_by, f.reason,
+       coalesce(r.count, 0) AS rejected, coalesce(s.count, 0) AS skipped
+FROM asyncjobs.flags f
+LEFT JOIN asyncjobs.flag_counters r ON r.name = f.name AND r.kind = 'rejected'
+LEFT JOIN asyncjobs.flag_counters s ON s.name = f.name AND s.kind = 'skipped'
+ORDER BY f.name
+"""
+
+
+class FlagStore:
+    """Flags of one App: the PostgreSQL store, the cache and the counters."""
+
+    def __init__(self, app: Database) -> None:
+        self._app = app
+        settings = app.settings
+        self.ttl = settings.flag_ttl
+        self.timeout = settings.flag_timeout
+        self.fail_closed = settings.flags_fail_closed
+        self._snapshot: frozenset[str] | None = None
+        self._fresh_until = 0.0
+        self._loading: asyncio.Future[None] | None = None
+        self._changes: dict[str, bool] | None = None  # notified during the load in flight
+        self._flusher: asyncio.Task[None] | None = None
+        self._listening: asyncio.Future[None] | None = None
+        self._listener: Any = None
+        self._unavailable = False
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self.loads = 0
+        """How many snapshot queries this store ran (for tests and benchmarks)."""
+
+    # -- the hot path -----------------------------------------------------
+
+    def cached(self, name: str) -> bool | None:
+        """The cached value of ``name``, or ``None`` when the snapshot is stale. No I/O."""
+        if time.monotonic() < self._fresh_until:
+            snapshot = self._snapshot
+            return name in snapshot if snapshot is not None else self.fail_closed
+        return None
+
+    async def is_enabled(self, name: str) -> bool:
+        """Whether flag ``name`` is on; from the cache when fresh, else after one shared load."""
+        value = self.cached(name)
+        if value is not None:
+            return value
+        await self.refresh()
+        snapshot = self._snapshot
+        return name in snapshot if snapshot is not None else self.fail_closed
+
+    def count(self, name: str, kind: str) -> None:
+        """Count a rejected enqueue or skipped execution; written to PostgreSQL in batches,
+        within about a second (with the next snapshot load, or on their own)."""
+        self._counts[(name, kind)] += 1
+        if self._flusher is None or self._flusher.done():
+            # Without an event loop, the next load or close() writes them.
+            with contextlib.suppress(RuntimeError):
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(_FLUSH_AFTER_S)
+        if not self._counts:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                pool = await self._app.db()
+                async with pool.acquire() as conn:
+                    await self._flush_counts(conn)
+        except Exception:  # kept for the next load or flush
+            pass
+
+    # -- loading ----------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Load the snapshot now, sharing a load already in flight. Never raises.
+
+        Waits at most ``flag_timeout`` (and a little): a load stuck on a PostgreSQL that
+        does not answer goes on in the background while callers use what they have.
+        """
+        loading = self._loading
+        if loading is None or loading.done():
+            loading = self._loading = asyncio.ensure_future(self._load())
+        try:
+            await asyncio.wait_for(asyncio.shield(loading), self.timeout + _GRACE_S)
+        except TimeoutError:
+            self._unreachable(TimeoutError(f"no answer within {self.timeout}s"))
+
+    async def _load(self) -> None:
+        # Changes notified while this load runs are newer than (or equal to) what it
+        # reads: they are laid over its result, so a load never undoes a change.
+        self._changes = {}
+        pool: Any = None
+        conn: Any = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                pool = await self._app.db()
+                conn = await pool.acquire()
+                self.loads += 1
+                rows = await conn.fetch("SELECT name FROM asyncjobs.flags WHERE enabled")
+                try:
+                    await self._flush_counts(conn)
+                except asyncpg.PostgresError as exc:  # counts kept; the snapshot is good
+                    _log.warning(logs.FLAGS_UNAVAILABLE, error=f"counts not saved: {exc}")
+            loaded = {r[0] for r in rows}
+            for name, value in self._changes.items():
+                if value:
+                    loaded.add(name)
+                else:
+                    loaded.discard(name)
+            self._snapshot = frozenset(loaded)
+            self._fresh_until = time.monotonic() + self.ttl
+            if self._unavailable:
+                self._unavailable = False
+                _log.info(logs.FLAGS_RECOVERED)
+            if self._listener is None and (self._listening is None or self._listening.done()):
+                # Not awaited: a slow LISTEN connect must not hold up the callers.
+                self._listening = asyncio.ensure_future(self._listen())
+        except Exception as exc:  # the store is down or slow: serve what we have
+            if conn is not None:
+                conn.terminate()  # do not wait for a server that may not answer
+            self._unreachable(exc)
+        finally:
+            self._changes = None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self.timeout):
+                        await pool.release(conn)
+
+    def _unreachable(self, exc: BaseException) -> None:
+        """Serve the last snapshot (or the fail-open/closed default) for a while; say so once."""
+        if self._app.settings.database_url is None:
+            # No store configured (a process that only enqueues, say): no kill switch here,
+            # which is a choice, not an outage.
+            self._fresh_until = time.monotonic() + 60.0
+            if not self._unavailable:
+                self._unavailable = True
+                _log.debug(logs.FLAGS_UNAVAILABLE, error="ASYNCJOBS_DATABASE_URL is not set")
+            return
+        self._fresh_until = time.monotonic() + min(self.ttl, 1.0)
+        if self._unavailable:
+            return
+        self._unavailable = True
+        hint = " (run `asyncjobs migrate`)" if "does not exist" in str(exc) else ""
+        _log.warning(
+            logs.FLAGS_UNAVAILABLE,
+            error=f"{type(exc).__name__}: {exc or 'timed out'}{hint}",
+            serving="last known values"
+            if self._snapshot is not None
+            else ("all disabled (fail closed)" if self.fail_closed else "all off (fail open)"),
+        )
+
+    async def _flush_counts(self, conn: Any) -> None:
+        if not self._counts:
+            return
+        counts, self._counts = self._counts, Counter()
+        try:
+            await conn.execute(
+                _FLUSH_SQL,
+                [name for name, _ in counts],
+                [kind for _, kind in counts],
+                [*counts.values()],
+            )
+        except BaseException:
+            self._counts.update(counts)  # keep them for the next flush
+            raise
+
+    async def _listen(self) -> None:
+        """Subscribe to change notifications on a dedicated connection (best effort)."""
+        conn: Any = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                conn = await asyncpg.connect(self._app.settings.require_database_url())
+                await conn.add_listener(CHANNEL, self._notified)
+            conn.add_termination_listener(self._listener_lost)
+        except BaseException as exc:  # cancelled by close() too: never leave it open
+            if conn is not None:
+                conn.terminate()
+            if not isinstance(exc, Exception):
+                raise
+            _log.warning(logs.FLAGS_UNAVAILABLE, error=f"LISTEN failed: {exc}", serving="ttl")
+            return
+        self._listener = conn
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        name, _, value = payload.rpartition(":")
+        if name and self._changes is not None:
+            self._changes[name] = value == "1"
+        snapshot = self._snapshot
+        if snapshot is None or not name:
+            self._fresh_until = 0.0  # nothing to patch: load on next read
+            return
+        self._snapshot = snapshot | {name} if value == "1" else snapshot - {name}
+
+    def _listener_lost(self, _conn: Any) -> None:
+        self._listener = None
+        self._fresh_until = 0.0  # changes may have been missed: reload on next read
+
+    # -- the operator's side ---------------------------------------------
+
+    async def enable(
+        self, name: str, *, actor: str | None = None, reason: str | None = None
+    ) -> FlagChange:
+        """Turn flag ``name`` on (for ``disable_<job>``: stop that job). Recorded in history."""
+        return await self._set(name, True, actor, reason)
+
+    async def disable(
+        self, name: str, *, actor: str | None = None, reason: str | None = None
+    ) -> FlagChange:
+        """Turn flag ``name`` off. Recorded in history."""
+        return await self._set(name, False, actor, reason)
+
+    async def _set(
+        self, name: str, value: bool, actor: str | None, reason: str | None
+    ) -> FlagChange:
+        check_flag_name(name)
+        who = actor or default_actor()
+        pool = await self._app.db()
+        async with pool.acquire() as conn, conn.transaction():
+            old = await conn.fetchval(
+                "SELECT enabled FROM asyncjobs.flags WHERE name = $1 FOR UPDATE", name
+            )
+            if old is value:
+                return FlagChange(name, old, value, changed=False)
+            await conn.execute(_SET_SQL, name, value, who, reason)
+            await conn.execute(_HISTORY_SQL, name, old, value, who, reason)
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{name}:{int(value)}")
+        if self._changes is not None:
+            self._changes[name] = value
+        snapshot = self._snapshot
+        if snapshot is not None:  # this process need not wait for its own notification
+            self._snapshot = snapshot | {name} if value else snapshot - {name}
+        _log.info(logs.FLAG_CHANGED, flag=name, old=old, new=value, actor=who, reason=reason)
+        return FlagChange(name, old, value, changed=True)
+
+    async def list(self) -> builtins.list[Flag]:
+        """Every flag with its state, last change and counters (pending counts flushed first)."""
+        pool = await self._app.db()
+        async with pool.acquire() as conn:
+            await self._flush_counts(conn)
+            rows = await conn.fetch(_LIST_SQL)
+        return [Flag(**dict(r)) for r in rows]
+
+    async def history(
+        self, name: str | None = None, *, limit: int = 100
+    ) -> builtins.list[FlagEvent]:
+        """Changes, newest first; of one flag if ``name`` is given."""
+        if name is not None:
+            check_flag_name(name)
+        pool = await self._app.db()
+        rows = await pool.fetch(
+            "SELECT name, old_value, new_value, actor, reason, at FROM asyncjobs.flag_history "
+            "WHERE $1::text IS NULL OR name = $1 ORDER BY at DESC, id DESC LIMIT $2",
+            name,
+            limit,
+        )
+        return [FlagEvent(**dict(r)) for r in rows]
+
+    async def close(self) -> None:
+        """Flush pending counts (best effort) and close the notification connection."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None and not flusher.done():
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        listening, self._listening = self._listening, None
+        if listening is not None and not listening.done():
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.remove_termination_listener(self._listener_lost)
+            await listener.close()
+        if self._counts and self._app.has_db():
+            try:
+                async with asyncio.timeout(self.timeout):
+                    pool = await self._app.db()
+                    async with pool.acquire() as conn:
+                        await self._flush_counts(conn)
+            except Exception as exc:
+                _log.warning(logs.FLAGS_UNAVAILABLE, error=f"counts not saved: {exc}")

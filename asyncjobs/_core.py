@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, TypedDict
 
 import asyncpg
 import structlog
@@ -174,7 +175,26 @@ def _database_error(exc: BaseException, url: str, purpose: str) -> str:
     )
 
 
-# -- what middleware receives ------------------------------------------------
+# -- what jobs and middleware receive ----------------------------------------
+
+
+class JobContext(TypedDict, total=False):
+    """The ``ctx`` a job gets first, as arq gives it, with the keys asyncjobs reads.
+
+    A worker's ``on_startup`` may add keys of its own (a session, a client): they are
+    there at run time; read them with ``ctx.get(...)`` or a TypedDict of your own.
+    """
+
+    redis: ArqRedis
+    """The worker's Redis client."""
+    asyncjobs: Core
+    """The worker's App: ``await ctx["asyncjobs"].db()`` is its PostgreSQL pool."""
+    job_id: str
+    job_try: int
+    """Which try this is, from 1."""
+    enqueue_time: datetime
+    score: int
+    """When the job was due, in milliseconds since the epoch (arq's queue score)."""
 
 
 @dataclass(slots=True)
@@ -199,7 +219,7 @@ class ExecutionRequest:
 
     app: Core
     spec: JobSpec
-    ctx: dict[str, Any]
+    ctx: JobContext
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
 

@@ -36,7 +36,7 @@ from . import _logs as logs
 from ._app import App
 from ._arq import Retry, WorkerCoroutine
 from ._backoff import DEFAULT_BACKOFF
-from ._core import ExecutionRequest
+from ._core import ExecutionRequest, JobContext
 from ._jobs import JobSpec
 from ._middleware import Handler, Middleware, compose
 from ._retries import FIRST_FAILURE_KEY, retried_dead_letter
@@ -295,7 +295,7 @@ def executor(spec: JobSpec, app: App, *, dead_letters: bool = True) -> WorkerCor
         [*layers(spec, app, dead_letters=dead_letters), *app.server_middleware], _invoke
     )
 
-    async def execute(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    async def execute(ctx: JobContext, *args: Any, **kwargs: Any) -> Any:
         return await chain(ExecutionRequest(app, spec, ctx, args, kwargs))
 
     execute.__qualname__ = execute.__name__ = spec.name
@@ -314,7 +314,7 @@ async def release_unique(request: ExecutionRequest, about: dict[str, Any]) -> No
         _log.warning(logs.UNIQUE_RELEASE_FAILED, **about, error=f"{type(exc).__name__}: {exc}")
 
 
-async def _count_lock_wait(ctx: dict[str, Any], job_id: str) -> None:
+async def _count_lock_wait(ctx: JobContext, job_id: str) -> None:
     redis = ctx.get("redis")
     if redis is not None:
         key = LOCK_WAITS_PREFIX + job_id
@@ -325,7 +325,7 @@ async def _count_lock_wait(ctx: dict[str, Any], job_id: str) -> None:
             _log.warning(logs.JOB_TIDY_FAILED, job_id=job_id, error=repr(exc))
 
 
-async def _tries(ctx: dict[str, Any], about: dict[str, Any], exclusive: bool) -> int:
+async def _tries(ctx: JobContext, about: dict[str, Any], exclusive: bool) -> int:
     """The job's tries so far: arq's count less, for an exclusive job, its waits for the lock
     (which are not tries). Logged and recorded in place of arq's count once it failed."""
     job_try = int(about["job_try"])
@@ -339,7 +339,7 @@ async def _tries(ctx: dict[str, Any], about: dict[str, Any], exclusive: bool) ->
     return max(1, job_try - waits)
 
 
-async def _first_failure(ctx: dict[str, Any], job_id: str, *, pop: bool) -> datetime | None:
+async def _first_failure(ctx: JobContext, job_id: str, *, pop: bool) -> datetime | None:
     """Note (or, with ``pop``, read and forget) when this job first failed. Best effort."""
     key = FIRST_FAILURE_KEY + job_id
     redis = ctx.get("redis")

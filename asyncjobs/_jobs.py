@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar, overload
@@ -103,7 +103,7 @@ class JobSpec:
             return  # the common case, without building a BoundArguments
         self.signature.bind(*args, **kwargs)
 
-    async def invoke(self, ctx: dict[str, Any], args: Any, kwargs: dict[str, Any]) -> Any:
+    async def invoke(self, ctx: Mapping[str, Any], args: Any, kwargs: dict[str, Any]) -> Any:
         """Run the job itself (no middleware, no instrumentation)."""
         if self.is_class:
             instance = self.target()

@@ -46,11 +46,12 @@ from ._jobs import JobSpec, Registry, build_spec, default_registry, to_seconds
 from ._naming import stable_digest
 
 if TYPE_CHECKING:
-    from ._core import Core
+    from ._core import Core, JobContext
 
 _log = structlog.get_logger("asyncjobs.reconcilers")
 
-QueryFunction = Callable[[dict[str, Any]], Awaitable[Any]]
+QueryFunction = Callable[[Any], Awaitable[Any]]
+"""``async def query(ctx)``: ``ctx`` is the job's :class:`~asyncjobs._core.JobContext`."""
 
 
 def stable_job_id(job_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -155,7 +156,7 @@ class Reconciler:
         """The name of the job this reconciler enqueues."""
         return str(self.job if isinstance(self.job, str) else self.job.__asyncjobs_job__.name)
 
-    async def run(self, app: Core, ctx: dict[str, Any] | None = None) -> ReconcileResult:
+    async def run(self, app: Core, ctx: JobContext | None = None) -> ReconcileResult:
         """Run once: stream the pending rows and enqueue their jobs; returns the counts."""
         start = time.perf_counter()
         stats = BulkStats()
@@ -191,7 +192,7 @@ class Reconciler:
         )
         return result
 
-    async def _run(self, app: Core, ctx: dict[str, Any], stats: BulkStats) -> int:
+    async def _run(self, app: Core, ctx: JobContext, stats: BulkStats) -> int:
         made = await self.query(ctx)
         if isinstance(made, str):
             sql, params = made, ()
@@ -306,7 +307,7 @@ def reconciler(
             batch_size=batch_size,
         )
 
-        async def run_reconciler(ctx: dict[str, Any]) -> dict[str, Any]:
+        async def run_reconciler(ctx: JobContext) -> dict[str, Any]:
             result = await rec.run(ctx["asyncjobs"], ctx)
             return {"rows": result.rows, "enqueued": result.enqueued}
 

@@ -18,6 +18,7 @@ from typing import Any
 from ._app import App
 from ._arq import CronJob, result_record, timestamp_ms
 from ._claim import Claimed
+from ._core import JobContext
 from ._execution import executor, job_timeout
 from ._jobs import JobSpec
 
@@ -96,7 +97,7 @@ def runnables(app: App, extra_cron: Sequence[CronJob] = ()) -> dict[str, Runnabl
 def _bounded(
     coroutine: Callable[..., Awaitable[Any]], seconds: float
 ) -> Callable[..., Awaitable[Any]]:
-    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    async def run(ctx: JobContext, *args: Any, **kwargs: Any) -> Any:
         async with asyncio.timeout(seconds):
             return await coroutine(ctx, *args, **kwargs)
 

@@ -73,6 +73,7 @@ from ._claim import (
     parse_claim,
     wake_key,
 )
+from ._core import JobContext
 from ._enqueue import Prepared, serialize_job, write_prepared
 from ._liveness import (
     MISSED_BEATS,
@@ -512,8 +513,9 @@ class Worker:
             record(outcome.cancelled())
             await self._free_unique(function, args, kwargs, job.job_id)
             return
-        ctx = {
-            **self.ctx,
+        # The worker's ctx (with on_startup's own keys) and this job's: a JobContext.
+        ctx: JobContext = {
+            **self.ctx,  # type: ignore[typeddict-item]
             "job_id": job.job_id,
             "job_try": job_try,
             "enqueue_time": ms_to_datetime(enqueue_ms),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import tempfile
 import zipfile
 from pathlib import Path
@@ -16,6 +19,34 @@ nox.options.error_on_missing_interpreters = False
 PYTHONS = ["3.11", "3.12", "3.13"]
 LINTED = ["asyncjobs", "tests", "benchmarks", "examples", "scripts", "noxfile.py"]
 ROOT = Path(__file__).resolve().parent
+
+
+def _find_pythons() -> None:
+    """Make every installed CPython of PYTHONS findable as ``pythonX.Y``.
+
+    nox looks for ``python3.12`` on PATH. Under pyenv that name is a shim that fails
+    unless the version is selected, so the interpreters pyenv has installed are linked
+    into a directory put first on PATH; versions that answer already are left alone.
+    """
+    versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    links = Path(tempfile.gettempdir()) / f"asyncjobs-nox-pythons-{os.getuid()}"
+    for version in PYTHONS:
+        name = f"python{version}"
+        if (
+            shutil.which(name)
+            and subprocess.run([name, "-c", ""], capture_output=True).returncode == 0
+        ):
+            continue
+        found = sorted(versions.glob(f"{version}.*/bin/{name}"))
+        if found:
+            links.mkdir(exist_ok=True)
+            (links / name).unlink(missing_ok=True)
+            (links / name).symlink_to(found[-1])
+    if links.is_dir():
+        os.environ["PATH"] = f"{links}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+_find_pythons()
 
 
 @nox.session(python=PYTHONS)

@@ -7,13 +7,17 @@ import contextlib
 import os
 import sys
 import traceback
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ._exceptions import AsyncJobsError
 from ._settings import environment_help
+
+if TYPE_CHECKING:
+    from ._app import App
+    from ._status import Status
 
 T = TypeVar("T")
 
@@ -33,6 +37,56 @@ def _run(make: Callable[[], Awaitable[T]]) -> T:
         if _debug():
             traceback.print_exc()
         raise click.ClickException(str(exc)) from exc
+
+
+def _app(*, imports: bool = True, environ: Mapping[str, str] | None = None) -> App:
+    """The App a command works on: the default App, with the jobs of ``ASYNCJOBS_IMPORTS``
+    registered (unless ``imports=False``), or a new one on the settings in ``environ``.
+    A bad setting or a module that cannot be imported is a one-line error."""
+    from ._app import App, get_app
+    from ._settings import Settings
+    from ._worker import import_job_modules
+
+    try:
+        if environ is not None:
+            return App(Settings.from_env(environ))
+        if imports:
+            import_job_modules(Settings.from_env().imports)
+        return get_app()
+    except AsyncJobsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _with_app(
+    use: Callable[[App], Awaitable[T]],
+    *,
+    imports: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> T:
+    """Run ``use(app)`` on :func:`_app`'s App, closing it afterwards, with asyncjobs'
+    errors said in one line (:func:`_run`). Every command opens and closes its App here."""
+    app = _app(imports=imports, environ=environ)
+
+    async def go() -> T:
+        try:
+            return await use(app)
+        finally:
+            await app.close()
+
+    return _run(go)
+
+
+def _json_option(what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """``--json``: print ``what`` as one JSON document instead (keys in the README)."""
+    return click.option(
+        "--json", "as_json", is_flag=True, help=f"Print {what} as one JSON document instead."
+    )
+
+
+def _print_json(document: Mapping[str, Any]) -> None:
+    from ._status import dumps
+
+    click.echo(dumps(document))
 
 
 def _debug() -> bool:
@@ -75,13 +129,7 @@ def cli() -> None:
 @cli.command()
 def migrate() -> None:
     """Create or update asyncjobs' tables in ASYNCJOBS_DATABASE_URL (idempotent)."""
-    from ._app import App
-
-    async def go() -> list[str]:
-        async with App() as app:
-            return await app.migrate()
-
-    applied = _run(go)
+    applied = _with_app(lambda app: app.migrate(), imports=False)
     if applied:
         for name in applied:
             click.echo(f"applied {name}")
@@ -92,34 +140,95 @@ def migrate() -> None:
 @cli.command()
 def check() -> None:
     """Check that Redis and PostgreSQL are reachable with the current settings."""
-    from ._app import App
 
-    async def go() -> list[tuple[str, str]]:
+    async def go(app: App) -> list[tuple[str, str]]:
         report = []
-        async with App() as app:
-            redis = await app.redis()
+        redis = await app.redis()
+        try:
+            async with asyncio.timeout(app.settings.redis_timeout):
+                await redis.ping()
+            report.append(("redis", "ok"))
+        except Exception as exc:
+            report.append(("redis", f"FAILED: {type(exc).__name__}: {exc}"))
+        if app.settings.database_url is None:
+            report.append(("postgres", "not configured (ASYNCJOBS_DATABASE_URL)"))
+        else:
             try:
-                async with asyncio.timeout(app.settings.redis_timeout):
-                    await redis.ping()
-                report.append(("redis", "ok"))
+                pool = await app.db()
+                await pool.fetchval("SELECT 1")
+                report.append(("postgres", "ok"))
             except Exception as exc:
-                report.append(("redis", f"FAILED: {type(exc).__name__}: {exc}"))
-            if app.settings.database_url is None:
-                report.append(("postgres", "not configured (ASYNCJOBS_DATABASE_URL)"))
-            else:
-                try:
-                    pool = await app.db()
-                    await pool.fetchval("SELECT 1")
-                    report.append(("postgres", "ok"))
-                except Exception as exc:
-                    report.append(("postgres", f"FAILED: {exc}"))
+                report.append(("postgres", f"FAILED: {exc}"))
         return report
 
-    report = _run(go)
+    report = _with_app(go, imports=False)
     for service, status in report:
         click.echo(f"{service:9} {status}")
     if any(status.startswith("FAILED") for _, status in report):
         sys.exit(1)
+
+
+@cli.command()
+@_json_option("the status")
+def status(as_json: bool) -> None:
+    """Queues (ready, deferred, running, oldest ready job), live workers, dead letters,
+    stopped jobs and reconcilers. Without PostgreSQL, the Redis part alone."""
+    from ._status import snapshot
+
+    now = _with_app(snapshot)
+    if as_json:
+        click.echo(now.to_json())
+        return
+    for line in _status_lines(now):
+        click.echo(line)
+
+
+def _status_lines(now: Status) -> list[str]:
+    """``asyncjobs status`` for people: one section per part of :class:`~._status.Status`."""
+    width = max([20, *(len(q.name) for q in now.queues)])
+    lines = [f"{'queue':{width}} {'ready':>8} {'deferred':>8} {'running':>8}  oldest ready"]
+    for q in now.queues:
+        age = "-" if q.oldest_ready_age is None else _duration(q.oldest_ready_age)
+        lines.append(f"{q.name:{width}} {q.ready:>8} {q.deferred:>8} {q.running:>8}  {age}")
+    lines += ["", f"workers alive: {len(now.workers)}"]
+    for w in now.workers:
+        beat = _duration((now.at - w.heartbeat).total_seconds())
+        lines.append(
+            f"  {w.id}  queues {','.join(w.queues)}  running {w.running}/{w.max_jobs}  "
+            f"up {_duration((now.at - w.started).total_seconds())}  last beat {beat} ago"
+        )
+    lines.append("")
+    dead, stopped = now.dead_letters, now.stopped_jobs
+    if dead is None or stopped is None:
+        lines.append(f"dead letters, stopped jobs: unavailable ({now.database_error})")
+    else:
+        lines.append(f"dead letters: {sum(dead.values())}")
+        lines += [f"  {job:28} {count:>6}" for job, count in dead.items()]
+        lines.append(f"stopped jobs: {len(stopped)}")
+        for s in stopped:
+            why = f": {s.reason}" if s.reason else ""
+            lines.append(
+                f"  {s.job:28} since {s.stopped_at:%Y-%m-%d %H:%M:%S} UTC by {s.stopped_by}{why}"
+            )
+    lines.append(f"reconcilers: {len(now.reconcilers)}")
+    for r in now.reconcilers:
+        state = "?" if r.stopped is None else ("STOPPED" if r.stopped else "running")
+        lines.append(f"  {r.name:28} {r.job:24} {r.schedule:26} {state}")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    """``4.2s``, ``3m12s``, ``2h03m``, ``3d04h``: a duration for people."""
+    if seconds < 60:
+        return f"{max(seconds, 0.0):.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
 
 
 @cli.group()
@@ -128,42 +237,37 @@ def jobs() -> None:
 
 
 def _registry_from_env() -> Any:
-    from ._app import get_app
-    from ._settings import Settings
-    from ._worker import import_job_modules
-
-    try:
-        import_job_modules(Settings.from_env().imports)
-        return get_app().registry
-    except AsyncJobsError as exc:
-        raise click.ClickException(str(exc)) from exc
+    return _app().registry
 
 
-def _stopped_flags(app: Any) -> dict[str, bool] | None:
-    """Each flag's state, or ``None`` when no database is configured to ask."""
-    if app.settings.database_url is None:
+def _stopped_flags() -> dict[str, bool] | None:
+    """Each flag's state (the default App's), or ``None`` when no database is configured
+    to ask."""
+    if _app().settings.database_url is None:
         return None
 
-    async def go() -> dict[str, bool]:
-        try:
-            return {f.name: f.enabled for f in await app.flags.list()}
-        finally:
-            await app.close()
+    async def states(app: App) -> dict[str, bool]:
+        return {f.name: f.enabled for f in await app.flags.list()}
 
-    return _run(go)
+    return _with_app(states)
 
 
 @jobs.command("list")
-def jobs_list() -> None:
+@_json_option("the jobs")
+def jobs_list(as_json: bool) -> None:
     """List the registered jobs with their queue, timeout and whether each is stopped."""
-    from ._app import get_app
+    from ._status import job_record
 
-    registry = _registry_from_env()
-    if not len(registry):
+    app = _app()
+    registry = app.registry
+    if not len(registry) and not as_json:
         click.echo("no jobs registered; set ASYNCJOBS_IMPORTS to the modules that define them")
         return
-    app = get_app()
-    stopped = _stopped_flags(app)
+    stopped = _stopped_flags() if len(registry) else None
+    if as_json:
+        queue = app.settings.queue_name
+        _print_json({"jobs": [job_record(s, s.queue or queue, stopped) for s in registry]})
+        return
     click.echo(f"{'job':28} {'queue':12} {'timeout':>8}  {'state':8} {'flag':34} defined in")
     for spec in registry:
         queue = spec.queue or app.settings.queue_name
@@ -177,18 +281,12 @@ def jobs_list() -> None:
 
 
 def _change(flag: str, on: bool, actor: str | None, reason: str | None) -> Any:
-    from ._app import get_app
-
-    async def go() -> Any:
-        app = get_app()
-        try:
-            return await (app.flags.enable if on else app.flags.disable)(
-                flag, actor=actor, reason=reason
-            )
-        finally:
-            await app.close()
-
-    return _run(go)
+    return _with_app(
+        lambda app: (app.flags.enable if on else app.flags.disable)(
+            flag, actor=actor, reason=reason
+        ),
+        imports=False,
+    )
 
 
 def _describe(change: Any) -> str:
@@ -256,20 +354,17 @@ def flags() -> None:
 
 
 @flags.command("list")
-def flags_list() -> None:
+@_json_option("the flags")
+def flags_list(as_json: bool) -> None:
     """Every flag: state, counters of rejected enqueues and skipped runs, last change."""
-    from ._app import get_app
+    from ._status import flag_record
 
     registry = _registry_from_env()
-    app = get_app()
-
-    async def go() -> Any:
-        try:
-            return await app.flags.list()
-        finally:
-            await app.close()
-
-    rows = _run(go)
+    rows = _with_app(lambda app: app.flags.list())
+    if as_json:
+        names = registry.names()
+        _print_json({"flags": [flag_record(f, names) for f in rows]})
+        return
     if not rows:
         click.echo("no flags set")
         return
@@ -339,19 +434,15 @@ def flags_disable(flag: str, reason: str | None, actor: str | None) -> None:
     type=click.IntRange(1),
     help="How many changes to show.",
 )
-def flags_history(flag: str | None, limit: int) -> None:
+@_json_option("the changes")
+def flags_history(flag: str | None, limit: int, as_json: bool) -> None:
     """Changes to FLAG (or to every flag), newest first."""
-    from ._app import get_app
+    from ._status import flag_event_record
 
-    app = get_app()
-
-    async def go() -> Any:
-        try:
-            return await app.flags.history(flag, limit=limit)
-        finally:
-            await app.close()
-
-    events = _run(go)
+    events = _with_app(lambda app: app.flags.history(flag, limit=limit), imports=False)
+    if as_json:
+        _print_json({"history": [flag_event_record(e) for e in events]})
+        return
     if not events:
         click.echo("no changes recorded")
         return
@@ -364,22 +455,6 @@ def flags_history(flag: str | None, limit: int) -> None:
         )
 
 
-def _with_app(use: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``use(app)`` on the default App (jobs imported), closing it afterwards."""
-    from ._app import get_app
-
-    _registry_from_env()
-    app = get_app()
-
-    async def go() -> T:
-        try:
-            return await use(app)
-        finally:
-            await app.close()
-
-    return _run(go)
-
-
 @cli.group()
 def dead() -> None:
     """Dead letters: jobs that ran out of tries (kept in PostgreSQL)."""
@@ -390,9 +465,15 @@ def dead() -> None:
 @click.option(
     "--limit", default=50, show_default=True, type=click.IntRange(1), help="How many to show."
 )
-def dead_list(job: str | None, limit: int) -> None:
+@_json_option("the dead letters")
+def dead_list(job: str | None, limit: int, as_json: bool) -> None:
     """Dead letters, newest first."""
+    from ._status import dead_letter_record
+
     letters = _with_app(lambda app: app.dead.list(job, limit=limit))
+    if as_json:
+        _print_json({"dead_letters": [dead_letter_record(d) for d in letters]})
+        return
     if not letters:
         click.echo("no dead letters")
         return
@@ -482,18 +563,24 @@ def dead_purge(older_than: str | None, job: str | None, dry_run: bool, yes: bool
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--list", "list_", is_flag=True, help="List the reconcilers instead.")
-def reconcile(name: str | None, list_: bool) -> None:
+@_json_option("the list of reconcilers (with --list)")
+def reconcile(name: str | None, list_: bool, as_json: bool) -> None:
     """Run reconciler NAME once, now, and print its counts (or --list them)."""
-    from ._app import get_app
+    from ._status import ReconcilerState
 
-    _registry_from_env()
-    app = get_app()
+    if as_json and not list_ and name is not None:
+        raise click.UsageError("--json goes with --list (a run prints one line of counts)")
+    app = _app()
     if list_ or name is None:
-        if not len(app.reconcilers):
+        if not len(app.reconcilers) and not as_json:
             click.echo("no reconcilers registered; set ASYNCJOBS_IMPORTS to their modules")
             return
 
-        stopped = _stopped_flags(app)
+        stopped = _stopped_flags() if len(app.reconcilers) else None
+        if as_json:
+            states = [ReconcilerState.of(rec, stopped).as_dict() for rec in app.reconcilers]
+            _print_json({"reconcilers": states})
+            return
         click.echo(f"{'reconciler':28} {'job':24} {'schedule':26} {'state':8} flag")
         for rec in app.reconcilers:
             state = "?" if stopped is None else ("STOPPED" if stopped.get(rec.flag) else "running")
@@ -505,14 +592,7 @@ def reconcile(name: str | None, list_: bool) -> None:
         rec = app.reconcilers.get(name)
     except AsyncJobsError as exc:
         raise click.ClickException(str(exc)) from exc
-
-    async def go() -> Any:
-        try:
-            return await rec.run(app)
-        finally:
-            await app.close()
-
-    result = _run(go)
+    result = _with_app(rec.run)
     click.echo(
         f"{result.name}: {result.rows} pending row(s) scanned, {result.enqueued} job(s) "
         f"enqueued, {result.duplicates} already queued, {result.rejected} rejected "
@@ -570,14 +650,7 @@ def dev(
         raise click.ClickException(f"the servers did not start: {exc}") from exc
     try:
         if migrate:
-            from ._app import App
-            from ._settings import Settings
-
-            async def go() -> Any:
-                async with App(Settings(**_settings_kwargs(services.environ))) as app:
-                    return await app.migrate()
-
-            _run(go)
+            _with_app(lambda app: app.migrate(), environ=services.environ)
         exports = [f"export {key}={value}" for key, value in services.environ.items()]
         if env_file:
             with open(env_file, "w") as out:
@@ -596,13 +669,6 @@ def dev(
         if env_file:
             with contextlib.suppress(OSError):
                 os.remove(env_file)
-
-
-def _settings_kwargs(environ: dict[str, str]) -> dict[str, Any]:
-    return {
-        "redis_url": environ.get("ASYNCJOBS_REDIS_URL"),
-        "database_url": environ.get("ASYNCJOBS_DATABASE_URL"),
-    }
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ._exceptions import AsyncJobsError
+from ._naming import job_of_flag
 from ._settings import environment_help
 
 if TYPE_CHECKING:
@@ -375,7 +376,8 @@ def flags_list(as_json: bool) -> None:
     names = registry.names()
     for f in rows:
         note = ""
-        if f.name.startswith("disable_") and names and f.name[len("disable_") :] not in names:
+        job = job_of_flag(f.name)
+        if job is not None and names and job not in names:
             note = "  [matches no registered job: renamed or removed?]"
         changed = f.updated_at.strftime("%Y-%m-%d %H:%M:%S")
         click.echo(
@@ -398,10 +400,10 @@ def flags_enable(flag: str, reason: str | None, actor: str | None) -> None:
 
 def _warn_if_no_such_job(flag: str) -> None:
     """A ``disable_<job>`` flag for a job this process does not know: probably a typo."""
-    if not flag.startswith("disable_"):
+    job = job_of_flag(flag)
+    if job is None:
         return
     names = _registry_from_env().names()
-    job = flag[len("disable_") :]
     if not names:
         click.echo(
             f"warning: could not check that a job {job!r} exists: set ASYNCJOBS_IMPORTS to "

@@ -11,7 +11,7 @@ from typing import Any, TypeVar, overload
 
 from ._backoff import BackoffPolicy
 from ._exceptions import AsyncJobsError, DuplicateJobError, JobDefinitionError, UnknownJobError
-from ._naming import is_valid_job_name, snake_case
+from ._naming import STOP_FLAG_PREFIX, is_valid_job_name, snake_case
 
 T = TypeVar("T")
 SPEC_ATTRIBUTE = "__asyncjobs_job__"
@@ -89,7 +89,7 @@ class JobSpec:
     @property
     def flag(self) -> str:
         """The kill-switch flag that stops this job: ``disable_<name>``."""
-        return "disable_" + self.name
+        return STOP_FLAG_PREFIX + self.name
 
     @property
     def origin(self) -> str:

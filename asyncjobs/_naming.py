@@ -27,6 +27,16 @@ def is_valid_job_name(name: str) -> bool:
     return bool(_VALID_JOB_NAME.match(name))
 
 
+STOP_FLAG_PREFIX = "disable_"
+"""A job's kill-switch flag is this prefix and the job's name."""
+
+
+def job_of_flag(flag: str) -> str | None:
+    """The job a kill-switch flag stops (``disable_invoice_job`` → ``invoice_job``), or
+    ``None`` for a flag of another shape."""
+    return flag[len(STOP_FLAG_PREFIX) :] if flag.startswith(STOP_FLAG_PREFIX) else None
+
+
 def flag_name(job: Any) -> str:
     """The kill-switch flag for a job: ``invoice_job``, ``InvoiceJob`` → ``disable_invoice_job``.
 
@@ -39,7 +49,7 @@ def flag_name(job: Any) -> str:
     name = job if isinstance(job, str) else getattr(job, "__name__", None)
     if not isinstance(name, str):
         raise TypeError(f"flag_name() takes a job, a job name or a class, not {job!r}")
-    return "disable_" + snake_case(name)
+    return STOP_FLAG_PREFIX + snake_case(name)
 
 
 def _new_id_source() -> tuple[str, itertools.count[int]]:

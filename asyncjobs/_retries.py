@@ -131,6 +131,15 @@ class DeadLetters:
             first_failed_at=first_failed_at,
         )
 
+    async def counts(self) -> dict[str, int]:
+        """How many dead letters each job has, by job name (jobs with none are absent)."""
+        pool = await self._app.db()
+        rows = await pool.fetch(
+            "SELECT job_name, count(*) AS count FROM asyncjobs.dead_letters "
+            "GROUP BY job_name ORDER BY job_name"
+        )
+        return {row["job_name"]: int(row["count"]) for row in rows}
+
     async def record_unrunnable(
         self,
         *,

@@ -32,6 +32,8 @@ from ._arq import REDIS_UNAVAILABLE, timestamp_ms
 from ._core import Core
 from ._exceptions import AsyncJobsError, RedisUnavailableError
 from ._liveness import WorkerInfo, registered_workers, worker_jobs_key
+from ._naming import job_of_flag
+from ._retries import DeadLetters
 
 if TYPE_CHECKING:
     from ._app import App
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
     from ._reconcilers import Reconciler
     from ._retries import DeadLetter
 
-STOP_FLAG_PREFIX = "disable_"
 """A flag named ``disable_<job>`` stops ``<job>`` while it is on."""
 
 STATS_LUA = """
@@ -91,11 +92,6 @@ for q = nworkers + 1, #KEYS do
 end
 return out
 """
-
-_DEAD_LETTER_COUNTS_SQL = (
-    "SELECT job_name, count(*) AS count FROM asyncjobs.dead_letters "
-    "GROUP BY job_name ORDER BY job_name"
-)
 
 
 def iso(moment: datetime) -> str:
@@ -324,17 +320,15 @@ def _worker_status(info: WorkerInfo, running: int) -> WorkerStatus:
 
 async def dead_letter_counts(app: Core) -> dict[str, int]:
     """How many dead letters each job has, by job name (jobs with none are absent)."""
-    pool = await app.db()
-    rows = await pool.fetch(_DEAD_LETTER_COUNTS_SQL)
-    return {row["job_name"]: int(row["count"]) for row in rows}
+    return await DeadLetters(app).counts()
 
 
 def stopped_jobs(flags: Iterable[Flag]) -> list[StoppedJob]:
     """The jobs whose ``disable_<job>`` flag is on, among ``flags``."""
     return [
-        StoppedJob(f.name[len(STOP_FLAG_PREFIX) :], f.name, f.updated_at, f.updated_by, f.reason)
+        StoppedJob(job, f.name, f.updated_at, f.updated_by, f.reason)
         for f in flags
-        if f.enabled and f.name.startswith(STOP_FLAG_PREFIX)
+        if f.enabled and (job := job_of_flag(f.name)) is not None
     ]
 
 
@@ -404,7 +398,7 @@ def flag_record(flag: Flag, job_names: frozenset[str]) -> dict[str, Any]:
     ``updated_at``, ``updated_by``, ``reason``, ``job`` (what a ``disable_<job>`` flag
     stops, else ``null``) and ``job_registered`` (whether that job is among ``job_names``;
     ``null`` for other flags, or when ``job_names`` is empty: no jobs imported)."""
-    job = flag.name[len(STOP_FLAG_PREFIX) :] if flag.name.startswith(STOP_FLAG_PREFIX) else None
+    job = job_of_flag(flag.name)
     return {
         "name": flag.name,
         "enabled": flag.enabled,

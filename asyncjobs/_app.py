@@ -37,6 +37,7 @@ from ._reconcilers import ReconcilerRegistry, default_reconcilers
 from ._retries import DeadLetters
 from ._schema import migrate
 from ._settings import Settings
+from ._tracing import Tracing
 
 
 class App(Core):
@@ -46,8 +47,10 @@ class App(Core):
     ``@job`` fills. ``client_middleware`` wraps every enqueue and
     ``server_middleware`` every execution in a worker, first = outermost. The
     kill switch (:mod:`asyncjobs.flags`) is the outermost of both unless
-    ``kill_switch=False``. The pools and the middleware lists are
-    :class:`~asyncjobs._core.Core`'s.
+    ``kill_switch=False``. ``tracing`` (default ``settings.tracing``,
+    ``ASYNCJOBS_TRACING``) adds OpenTelemetry spans (:mod:`asyncjobs._tracing`): its
+    client middleware goes last, innermost of those given here, and its execution layer
+    outermost. The pools and the middleware lists are :class:`~asyncjobs._core.Core`'s.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class App(Core):
         client_middleware: Sequence[Middleware[EnqueueRequest]] = (),
         server_middleware: Sequence[Middleware[ExecutionRequest]] = (),
         kill_switch: bool = True,
+        tracing: bool | None = None,
     ) -> None:
         super().__init__(
             settings if settings is not None else Settings.from_env(),
@@ -70,6 +74,11 @@ class App(Core):
             self.server_middleware.append(execution_gate)
         self.client_middleware += client_middleware
         self.server_middleware += server_middleware
+        traced = self.settings.tracing if tracing is None else tracing
+        self.tracing = Tracing() if traced else None
+        """Tracing's spans, or None when off; a ConfigurationError if OpenTelemetry is missing."""
+        if self.tracing is not None:
+            self.client_middleware.append(self.tracing.client_middleware)
         self.dead = DeadLetters(self)
         """This App's dead letters: ``await app.dead.list()``, ``retry(id)``, ``purge()``."""
 

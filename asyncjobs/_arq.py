@@ -1,8 +1,9 @@
 """Everything asyncjobs knows about arq's and redis-py's insides, in one module.
 
 An arq or redis-py upgrade, or a move off arq, touches this file: no other
-module of the package imports ``arq`` or ``redis`` (a test checks), and
-``tests/test_arq_contract.py`` holds what is borrowed against the real thing:
+module of the package imports ``arq`` or ``redis`` (a test checks), and the
+``test_arq_contract.py`` tests (unit and integration) hold what is borrowed
+against the real thing:
 
 - arq's key names and its job and result formats (the constants below, from
   ``arq.constants``; :func:`result_record` builds the record arq's ``Job``

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ from ._enqueue import (
     split_options,
 )
 from ._exceptions import EnqueueError, InvalidOptionError
+from ._metrics_hooks import NO_METER, JobMeter
 from .serializer import deserialize
 
 if TYPE_CHECKING:
@@ -217,7 +219,7 @@ async def enqueue_stream(  # noqa: C901 -- one loop: batching, overlap of sends,
 class _InFlight:
     """A batch whose write is sent; its reply is read once the next batch is prepared."""
 
-    __slots__ = ("batch", "redis", "results", "sent", "spec")
+    __slots__ = ("batch", "meter", "redis", "results", "sent", "spec")
 
     def __init__(
         self,
@@ -226,12 +228,14 @@ class _InFlight:
         batch: list[Prepared],
         results: list[Any],
         sent: SentWrite | None,
+        meter: JobMeter = NO_METER,
     ) -> None:
         self.redis = redis
         self.spec = spec
         self.batch = batch
         self.results = results
         self.sent = sent
+        self.meter = meter
 
     @classmethod
     async def send(
@@ -245,7 +249,7 @@ class _InFlight:
                 "_job_id makes a retry safe)"
             )
             sent = await send_prepared(app, batch, what)
-        return cls(await app.redis(), spec, batch, results, sent)
+        return cls(await app.redis(), spec, batch, results, sent, app.instruments.job(spec.name))
 
     async def abandon(self, stats: BulkStats | None, *, cancel: bool) -> None:
         """The stream failed (or, ``cancel``, is cancelled or closed) with this batch sent.
@@ -293,6 +297,14 @@ class _InFlight:
             else:
                 out.append(result)
         rejected = len(self.results) - len(batch)
+        if self.meter.enabled:  # the kill switch counted its own rejections
+            queues = Counter(
+                job.queue for job, code in zip(batch, written, strict=True) if code == WRITTEN
+            )
+            for queue, count in queues.items():
+                self.meter.enqueued(queue, count)
+            self.meter.rejected("duplicate_id", duplicates)
+            self.meter.rejected("unique", not_unique)
         if stats is not None:
             stats.written += len(batch) - duplicates - not_unique
             stats.duplicates += duplicates

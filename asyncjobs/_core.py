@@ -28,6 +28,7 @@ from ._arq import ArqRedis, AsyncScript, ConnectionPool
 from ._exceptions import DatabaseUnavailableError
 from ._flags import FlagStore
 from ._jobs import JobSpec, Registry
+from ._metrics_hooks import NO_INSTRUMENTS, Instruments
 from ._middleware import Handler, MiddlewareList, compose
 from ._settings import Settings, redact
 from .serializer import deserialize, serialize
@@ -52,6 +53,9 @@ class Core:
         """Wraps every execution, first = outermost; read when a worker starts."""
         self.flags = FlagStore(self)
         """This App's flags: ``await app.flags.enable("disable_invoice_job")``."""
+        self.instruments: Instruments = NO_INSTRUMENTS
+        """What enqueues and job runs report to: nothing is counted unless metrics are
+        enabled (:func:`asyncjobs.metrics.enable`, or ``ASYNCJOBS_METRICS_PORT`` in a worker)."""
         self._redis: ArqRedis | None = None
         self._db: asyncpg.Pool | None = None
         self._lock_db: asyncpg.Pool | None = None
@@ -195,6 +199,10 @@ class JobContext(TypedDict, total=False):
     enqueue_time: datetime
     score: int
     """When the job was due, in milliseconds since the epoch (arq's queue score)."""
+    queue_name: str
+    """The queue the job was claimed from (asyncjobs' worker; arq's has no such key)."""
+    trace_context: object
+    """The trace context the payload carried, unchecked (only when the enqueue was traced)."""
 
 
 @dataclass(slots=True)
@@ -206,6 +214,8 @@ class EnqueueRequest:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     options: dict[str, Any]
+    trace_context: dict[str, str] | None = None
+    """Carried in the payload when set (by tracing's middleware): a W3C trace context."""
 
     @property
     def job_name(self) -> str:

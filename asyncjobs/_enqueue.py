@@ -188,14 +188,24 @@ _encode_value = compact_encoder(allow_nan=False)
 
 _name_json: dict[str, str] = {}
 
+TRACE_CONTEXT_KEY = "trace"
+"""The payload key of a traced enqueue's trace context (see :mod:`asyncjobs._tracing`):
+asyncjobs' own, next to arq's ``t f a k et``, which are all arq's deserializer reads."""
+
 
 def serialize_job(
-    name: str, args: tuple[Any, ...], kwargs: dict[str, Any], job_try: int | None, now_ms: int
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    job_try: int | None,
+    now_ms: int,
+    trace_context: dict[str, str] | None = None,
 ) -> bytes:
     """arq's job payload as JSON, or :class:`JobSerializationError` naming the bad argument.
 
     The bytes are those of ``{"t":…,"f":…,"a":…,"k":…,"et":…}`` encoded whole
-    (compact, ASCII); only the arguments go through the encoder.
+    (compact, ASCII); only the arguments go through the encoder. A ``trace_context``
+    is added last, under :data:`TRACE_CONTEXT_KEY`.
     """
     try:
         encoded_args = _encode_value(args)
@@ -206,6 +216,12 @@ def serialize_job(
     if quoted is None:
         quoted = _name_json[name] = _encode(name)
     job_try_json = "null" if job_try is None else str(int(job_try))
+    if trace_context is not None:
+        traced = f',"{TRACE_CONTEXT_KEY}":{_encode_value(trace_context)}}}'
+        return (
+            f'{{"t":{job_try_json},"f":{quoted},"a":{encoded_args},"k":{encoded_kwargs},'
+            f'"et":{now_ms}{traced}'
+        ).encode()
     return (
         f'{{"t":{job_try_json},"f":{quoted},"a":{encoded_args},"k":{encoded_kwargs},"et":{now_ms}}}'
     ).encode()
@@ -356,7 +372,9 @@ def prepare(request: EnqueueRequest) -> Prepared:
             f"enqueue({name!r}): _defer_until is more than a day in the past, so the job "
             "would expire before it could run; pass a later time or an explicit _expires"
         )
-    payload = serialize_job(name, request.args, request.kwargs, options.get("_job_try"), now_ms)
+    payload = serialize_job(
+        name, request.args, request.kwargs, options.get("_job_try"), now_ms, request.trace_context
+    )
     spec = request.spec
     if spec.unique_for is None:
         return Prepared(job_id, queue, score, expires_ms, payload, None, 0)
@@ -513,8 +531,10 @@ async def write_job(request: EnqueueRequest) -> Job | None:
     (code,) = await write_prepared(app, [job], f"job {name!r} was not")
     if code != WRITTEN:
         reason = "unique" if code == NOT_UNIQUE else "duplicate_id"
+        app.instruments.job(name).rejected(reason)
         _log.info(logs.JOB_REJECTED, job=name, job_id=job.job_id, reason=reason)
         return None
+    app.instruments.job(name).enqueued(job.queue)
     _log.debug(logs.JOB_ENQUEUED, job=name, job_id=job.job_id, queue=job.queue)
     return Job(
         job.job_id, redis=await app.redis(), _queue_name=job.queue, _deserializer=deserialize

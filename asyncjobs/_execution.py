@@ -1,6 +1,9 @@
 """The execution path: what runs around every job in a worker, as composed layers.
 
-    outcome → timeout → lock (exclusive jobs) → server middleware (kill switch first) → job
+    (trace span) → outcome → timeout → lock (exclusive jobs) → server middleware
+    (kill switch first) → job
+
+The trace span is there when the App traces (:mod:`asyncjobs._tracing`).
 
 Each layer is a middleware ``(request, call_next)`` over an
 :class:`~asyncjobs.ExecutionRequest`, composed once per job with
@@ -281,6 +284,8 @@ def layers(spec: JobSpec, app: App, *, dead_letters: bool = True) -> list[Middle
     ]
     if spec.lock is not None or spec.exclusive:
         found.append(AdvisoryLock(spec, app))
+    if app.tracing is not None:  # outermost: its span covers the whole try
+        found.insert(0, app.tracing.execution_layer(spec, app))
     return found
 
 

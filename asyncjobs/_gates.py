@@ -47,8 +47,12 @@ class _Gate:
             return await call_next(request)
         store.count(flag, self.outcome)
         about: dict[str, Any] = {"job": request.spec.name}
+        meter = request.app.instruments.job(request.spec.name)
         if isinstance(request, ExecutionRequest):
             about.update(job_id=request.job_id, job_try=request.job_try)
+            meter.skipped(request.job_id)
+        else:
+            meter.rejected("flag")
         _log.info(self.event, **about, reason="flag", flag=flag)
         return None
 

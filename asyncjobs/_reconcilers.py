@@ -180,6 +180,7 @@ class Reconciler:
             rejected=stats.rejected,
             duration_ms=round((time.perf_counter() - start) * 1000, 3),
         )
+        app.instruments.reconciled(self.name, result.rows, result.enqueued)
         _log.info(
             logs.RECONCILER_FINISHED,
             reconciler=self.name,

@@ -19,6 +19,7 @@ from ._app import App
 from ._arq import CronJob, result_record, timestamp_ms
 from ._claim import Claimed
 from ._core import JobContext
+from ._enqueue import TRACE_CONTEXT_KEY
 from ._execution import executor, job_timeout
 from ._jobs import JobSpec
 
@@ -169,9 +170,11 @@ class JobEnd:
 
 def decode_payload(
     raw: bytes,
-) -> tuple[str, list[Any], dict[str, Any], int | None, int] | str:
-    """(name, args, kwargs, enqueued try, enqueue time ms) of arq's JSON payload, or a
-    string saying what is wrong with it. Only JSON is read; nothing else is executed."""
+) -> tuple[str, list[Any], dict[str, Any], int | None, int, object] | str:
+    """(name, args, kwargs, enqueued try, enqueue time ms, trace context) of arq's JSON
+    payload, or a string saying what is wrong with it. Only JSON is read; nothing else is
+    executed. The trace context (None if absent) is not checked here: one that cannot be
+    read never stops the job (see :mod:`asyncjobs._tracing`)."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -190,4 +193,4 @@ def decode_payload(
         return f"payload's try ('t') is {enqueue_try!r}, not a whole number"
     if not isinstance(enqueue_ms, int) or isinstance(enqueue_ms, bool):
         return f"payload's enqueue time ('et') is {enqueue_ms!r}, not milliseconds"
-    return name, args, kwargs, enqueue_try, enqueue_ms
+    return name, args, kwargs, enqueue_try, enqueue_ms, data.get(TRACE_CONTEXT_KEY)

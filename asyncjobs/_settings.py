@@ -99,6 +99,18 @@ class Settings:
         20,
         "PostgreSQL connections a worker holds for running exclusive jobs (default 20)",
     )
+    tracing: bool = _env(
+        "TRACING",
+        False,
+        "true: OpenTelemetry spans for every enqueue and job run, linked across processes "
+        "(needs asyncjobs[otel]; default false)",
+    )
+    metrics_port: int | None = _env(
+        "METRICS_PORT",
+        None,
+        "port on which each worker process serves /metrics, /healthz and /readyz "
+        "(needs asyncjobs[metrics]; default none: not served)",
+    )
     log_format: str = _env("LOG_FORMAT", "auto", "auto, json or console (auto: console on a TTY)")
     log_level: str = _env("LOG_LEVEL", "info", "debug, info, warning or error (default info)")
 
@@ -135,6 +147,8 @@ class Settings:
             raise ConfigurationError(f"{_var('database_pool_size')} must be at least 1")
         if self.lock_connections < 1:
             raise ConfigurationError(f"{_var('lock_connections')} must be at least 1")
+        if self.metrics_port is not None and not 1 <= self.metrics_port <= 65535:
+            raise ConfigurationError(f"{_var('metrics_port')} must be a port from 1 to 65535")
         if self.max_jobs < 1:
             raise ConfigurationError(f"{_var('max_jobs')} must be at least 1")
         if self.log_format not in _LOG_FORMATS:
@@ -186,6 +200,8 @@ def _var(name: str) -> str:
 def _parse(name: str, raw: str, var: str) -> Any:
     default = Settings.__dataclass_fields__[name].default
     kind: type = str if default is None else type(default)
+    if name == "metrics_port":
+        kind = int
     if name == "imports":
         return tuple(part.strip() for part in raw.split(",") if part.strip())
     if name == "queues":

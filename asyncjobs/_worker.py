@@ -40,6 +40,7 @@ from ._arq import (
     redis_settings,
 )
 from ._exceptions import ConfigurationError
+from ._metrics_server import MetricsServer, open_server
 from ._settings import HOW_TO_CONFIGURE, Settings, redact
 from .runner import Worker
 from .serializer import deserialize, serialize
@@ -91,6 +92,7 @@ class _Preflight:
     app: App
     retry: ReconnectingRetry
     redis: RedisSettings
+    metrics: MetricsServer | None = None
 
 
 _preflight: _Preflight | None = None
@@ -123,11 +125,14 @@ def preflight() -> _Preflight:
                 "your @job functions, e.g. ASYNCJOBS_IMPORTS=myapp.jobs"
             )
         _probe(url, settings.redis_timeout)
+        # Served from now on (/readyz says the worker waits for Redis); a port in use or a
+        # missing prometheus-client is one line here, not a traceback from the loop.
+        metrics = open_server(app) if app.settings.metrics_port is not None else None
     except ConfigurationError as exc:
         _log.error(logs.WORKER_MISCONFIGURED, error=str(exc))
         raise logs.already_logged(exc) from None
     retry = ReconnectingRetry()
-    _preflight = _Preflight(app, retry, redis_settings(app.settings, retry))
+    _preflight = _Preflight(app, retry, redis_settings(app.settings, retry), metrics)
     return _preflight
 
 
@@ -154,6 +159,7 @@ def _bridge(cls: type) -> Callable[[dict[str, Any]], Awaitable[None]]:
             on_startup=getattr(cls, "user_on_startup", None),
             on_shutdown=getattr(cls, "user_on_shutdown", None),
             extra_cron=list(getattr(cls, "cron_jobs", None) or ()),
+            metrics=ready.metrics,
             **options,
         )
         try:

@@ -83,6 +83,8 @@ from ._liveness import (
     registration,
     worker_jobs_key,
 )
+from ._metrics_hooks import Health
+from ._metrics_server import MetricsServer, open_server
 from ._runnables import (
     JobEnd,
     Record,
@@ -135,6 +137,7 @@ class Worker:
         on_startup: Hook | None = None,
         on_shutdown: Hook | None = None,
         extra_cron: Sequence[CronJob] = (),
+        metrics: MetricsServer | None = None,
     ) -> None:
         settings = app.settings
         self.app = app
@@ -179,6 +182,10 @@ class Worker:
         self._flushing: set[str] = set()  # ids of the outcomes being written now
         self._scripts: dict[str, AsyncScript] = {}
         self._background: list[asyncio.Task[Any]] = []
+        self._metrics = metrics
+        # /healthz's window: when other workers would take this one for dead.
+        window = max(self.heartbeat, self.poll_delay) * MISSED_BEATS
+        self.health = Health(window, self._stop.is_set)
 
     # -- life --------------------------------------------------------------
 
@@ -204,6 +211,10 @@ class Worker:
         if self.handle_signals:
             self._install_signal_handlers()
         try:
+            if self._metrics is None and self.app.settings.metrics_port is not None:
+                self._metrics = open_server(self.app)  # a ConfigurationError says what to fix
+            if self._metrics is not None:
+                self._metrics.attach(self.health)
             await self._beat(first=True)
             if self.on_startup is not None:
                 await self.on_startup(self.ctx)
@@ -323,6 +334,8 @@ class Worker:
             await self._claim_redis.aclose(close_connection_pool=True)
         if self._own_redis and self._redis is not None:
             await self._redis.aclose(close_connection_pool=True)
+        if self._metrics is not None:
+            await self._metrics.close()
         _log.info(
             logs.WORKER_STOPPED,
             worker_id=self.id,
@@ -337,10 +350,13 @@ class Worker:
     async def _claim_loop(self) -> None:
         failures = 0
         while not self._stop.is_set():
+            self.health.polled_at = time.monotonic()
             free = self.max_jobs - len(self._running)
             if free <= 0:
                 self._slot_free.clear()
+                self.health.full = True
                 await self._slot_free.wait()
+                self.health.full = False
                 continue
             want = min(free, CLAIM_MAX)
             try:
@@ -480,7 +496,7 @@ class Worker:
         if isinstance(decoded, str):
             await self._unrunnable(job, record, "bad_payload", decoded)
             return
-        name, args, kwargs, enqueue_try, enqueue_ms = decoded
+        name, args, kwargs, enqueue_try, enqueue_ms, trace_context = decoded
         function = self.functions.get(name)
         problem = self._cannot_run(name, function, args, kwargs)
         if problem is not None:
@@ -520,10 +536,16 @@ class Worker:
             "job_try": job_try,
             "enqueue_time": ms_to_datetime(enqueue_ms),
             "score": job.score,
+            "queue_name": job.queue,
         }
+        if trace_context is not None:  # for tracing's execution layer, if it is on
+            ctx["trace_context"] = trace_context
+        meter = self.app.instruments.job(name)
+        start = meter.started(job.queue, enqueue_ms, job_try)
         try:
             result = await function.run(ctx, *args, **kwargs)
         except Retry as exc:
+            meter.retrying(exc, start)
             self.jobs_retried += 1
             record(Record("R", job, timestamp_ms() + (exc.defer_score or 0)))
             return
@@ -536,9 +558,13 @@ class Worker:
             await self._free_unique(function, args, kwargs, job.job_id)
             return
         except Exception as exc:  # the wrapper logged it and wrote any dead letter
+            meter.failed(exc, start, dead=function.cron is None)  # cron jobs have none
             self.jobs_failed += 1
             record(outcome.finished(False, exc))
             return
+        finally:
+            meter.ended(job.queue)
+        meter.succeeded(job.job_id, start)
         self.jobs_complete += 1
         record(outcome.finished(True, result))
 
@@ -595,6 +621,8 @@ class Worker:
             record(Record("R", job, timestamp_ms() + round(DEAD_LETTER_LATER_S * 1000)))
             return
         self.jobs_failed += 1
+        known = name if name is not None and name in self.functions else "?"
+        self.app.instruments.job(known).dead()
         _log.error(logs.JOB_DEAD, **about, dead_letter_id=dead_id, error=error)
         if name is not None and name in self.functions and isinstance(args, list):
             await self._free_unique(self.functions[name], args, kwargs, job.job_id)

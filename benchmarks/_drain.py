@@ -1,13 +1,17 @@
 """Child process for worker.drain: fill the queue, then time one worker draining it.
 
-Usage: python -m benchmarks._drain {arq|arq-tuned|asyncjobs|exclusive} REDIS_URL COUNT [DB_URL]
+Usage: python -m benchmarks._drain {arq|arq-tuned|asyncjobs|asyncjobs-metrics|exclusive}
+    REDIS_URL COUNT [DB_URL]
 
 ``arq`` is arq's Worker with its defaults; ``arq-tuned`` is arq's Worker with
 asyncjobs' defaults (max_jobs, poll_delay, keep_result) and no wrapper;
-``asyncjobs`` is ``asyncjobs.WorkerSettings``; ``exclusive`` the same running
-``exclusive_noop`` (an advisory lock per job, PostgreSQL at DB_URL). All log as
-``arq`` does.
-Prints one JSON line: {"seconds": ..., "jobs": ..., "max_rss_kb": ...}.
+``asyncjobs`` is ``asyncjobs.WorkerSettings``; ``asyncjobs-metrics`` the same with
+``ASYNCJOBS_METRICS_PORT`` set (the endpoint served, every job counted and timed; the
+JSON line adds ``counted``, the jobs ``asyncjobs_jobs_succeeded_total`` counted);
+``exclusive`` the same running ``exclusive_noop`` (an advisory lock per job, PostgreSQL
+at DB_URL). All log as ``arq`` does.
+Prints one JSON line: {"seconds": ..., "jobs": ..., "max_rss_kb": ...}; asyncjobs' kinds
+add ``cpu_seconds``, the CPU time the worker process used for the drain.
 """
 
 from __future__ import annotations
@@ -83,17 +87,33 @@ def main() -> None:
         os.environ["ASYNCJOBS_IMPORTS"] = "benchmarks.benchjobs"
         if len(sys.argv) > 4:
             os.environ["ASYNCJOBS_DATABASE_URL"] = sys.argv[4]
+        if kind == "asyncjobs-metrics":
+            from asyncjobs.testing import free_port
+
+            os.environ["ASYNCJOBS_METRICS_PORT"] = str(free_port())
         import asyncjobs
+        from asyncjobs._metrics_server import open_server
         from asyncjobs._worker import import_job_modules
         from asyncjobs.runner import Worker as OwnWorker
 
         import_job_modules(("benchmarks.benchjobs",))
-        own = OwnWorker(asyncjobs.get_app(), burst=True, handle_signals=False)
-        start = time.perf_counter()
+        app = asyncjobs.get_app()
+        # As a worker's start-up does before its loop: import prometheus-client, bind the port.
+        metrics = open_server(app) if kind == "asyncjobs-metrics" else None
+        own = OwnWorker(app, burst=True, handle_signals=False, metrics=metrics)
+        start, cpu = time.perf_counter(), time.process_time()
         asyncio.run(own.run())
         seconds = time.perf_counter() - start
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(json.dumps({"seconds": seconds, "jobs": own.jobs_complete, "max_rss_kb": rss}))
+        out = {"seconds": seconds, "jobs": own.jobs_complete, "max_rss_kb": rss}
+        out["cpu_seconds"] = time.process_time() - cpu  # the worker's own CPU, all threads
+        if kind == "asyncjobs-metrics":
+            from asyncjobs.metrics import registry
+
+            out["counted"] = registry.get_sample_value(
+                "asyncjobs_jobs_succeeded_total", {"job": "noop"}
+            )
+        print(json.dumps(out))
         return
     start = time.perf_counter()
     worker.run()

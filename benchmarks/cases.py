@@ -609,6 +609,8 @@ CASES.update(
     {"enqueue.unique_for": enqueue_unique_for, "worker.exclusive.noop": worker_exclusive_noop}
 )
 
+from benchmarks.tracing_cases import TRACING_CASES  # noqa: E402 -- they use the helpers above
 from benchmarks.worker_cases import WORKER_CASES  # noqa: E402 -- they use the helpers above
 
 CASES.update(WORKER_CASES)
+CASES.update(TRACING_CASES)

@@ -268,7 +268,50 @@ def worker_latency_idle(urls: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def worker_drain_noop_metrics(urls: dict[str, str]) -> dict[str, Any]:
+    """worker.drain.noop.metrics: worker.drain.noop with ``ASYNCJOBS_METRICS_PORT`` set
+    (the endpoint served from its thread, every job counted, timed and its queue wait
+    observed) against the same drain without it, each run a fresh process, interleaved
+    (the side that goes first alternates). The ratio is metrics on / off; each run on
+    checks that its registry counted every job.
+    """
+    from benchmarks.cases import _drain
+
+    _ensure_migrated(urls)
+    jobs = int(os.environ.get("BENCH_DRAIN_JOBS", "20000"))
+    rates: dict[str, list[float]] = {"asyncjobs": [], "asyncjobs-metrics": []}
+    cpu: dict[str, list[float]] = {"asyncjobs": [], "asyncjobs-metrics": []}
+    for rep in range(REPS):
+        sides = ["asyncjobs", "asyncjobs-metrics"]
+        for kind in sides if rep % 2 == 0 else reversed(sides):
+            run = _drain(kind, urls["redis"], jobs, urls["postgres"])
+            if kind == "asyncjobs-metrics" and run.get("counted") != jobs:
+                raise RuntimeError(f"metrics counted {run.get('counted')} of {jobs} jobs")
+            rates[kind].append(run["rate"])
+            cpu[kind].append(run["cpu_seconds"] / jobs * 1e6)
+    on, off = rates["asyncjobs-metrics"], rates["asyncjobs"]
+    value, baseline = statistics.median(on), statistics.median(off)
+    cpu_on, cpu_off = (statistics.median(cpu[kind]) for kind in ("asyncjobs-metrics", "asyncjobs"))
+    return {
+        "name": "worker.drain.noop.metrics",
+        "value": round(value, 1),
+        "unit": "jobs/s",
+        "baseline": {"name": "worker.drain.noop (metrics off)", "value": round(baseline, 1)},
+        "ratio": round(value / baseline, 3),
+        "target": ">= 0.95x metrics off",
+        "met": value / baseline >= 0.95,
+        "runs": [round(r, 1) for r in on],
+        "baseline_runs": [round(r, 1) for r in off],
+        "notes": (
+            f"{jobs} jobs per run, {REPS} runs of each, interleaved, kill switch on; the "
+            f"worker's CPU per job (median, less sensitive to other load): {cpu_on:.1f} us "
+            f"on, {cpu_off:.1f} us off, {cpu_off / cpu_on:.3f}x"
+        ),
+    }
+
+
 WORKER_CASES: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
+    "worker.drain.noop.metrics": worker_drain_noop_metrics,
     "worker.recovery.sigkill": worker_recovery_sigkill,
     "worker.drain.3_workers": worker_drain_3_workers,
     "worker.latency.idle": worker_latency_idle,

@@ -12,13 +12,16 @@ import asyncjobs
 
 @asyncjobs.job
 async def guarded_effect(ctx: dict[str, Any], item_id: int, seconds: float) -> None:
-    """Marks its row done once, under the row's lock; its effect counts in the row."""
+    """Marks its row done once, under the row's lock; its effect counts in the row. Its
+    work lasts until the Redis key ``go`` is set, at most ``seconds``."""
     await ctx["redis"].rpush("started", item_id)
     pool = await ctx["asyncjobs"].db()
     async with pool.acquire() as conn, asyncjobs.row_lock(conn, "items", item_id) as row:
         if row is None or row["done"]:
             return
-        await asyncio.sleep(seconds)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not await ctx["redis"].exists("go"):
+            await asyncio.sleep(0.02)
         await conn.execute(
             "UPDATE items SET done = true, effects = effects + 1 WHERE id = $1", item_id
         )
@@ -26,11 +29,11 @@ async def guarded_effect(ctx: dict[str, Any], item_id: int, seconds: float) -> N
 
 @asyncjobs.job
 async def slow_first_time(ctx: dict[str, Any], n: int) -> None:
-    """Its first run of each ``n`` sleeps for an hour; later runs return at once."""
+    """Its first run of each ``n`` runs until cancelled; later runs return at once."""
     runs = await ctx["redis"].hincrby("slow-runs", str(n), 1)
     await ctx["redis"].rpush("slow-tries", json.dumps([n, ctx["job_try"]]))
     if runs == 1:
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # never set: only a cancel (or the job timeout) ends it
 
 
 @asyncjobs.job(queue="billing")
@@ -66,9 +69,9 @@ async def count_once(ctx: dict[str, Any], n: int) -> None:
 
 @asyncjobs.job
 async def cancellable(ctx: dict[str, Any], n: int) -> None:
-    """Runs for an hour unless cancelled; records that it started and that it stopped."""
+    """Runs until cancelled (or its timeout); records that it started and that it stopped."""
     await ctx["redis"].rpush("cancellable-started", n)
     try:
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # never set
     finally:
         await ctx["redis"].rpush("cancellable-stopped", n)

@@ -29,8 +29,12 @@ async def post_entry(ctx: dict[str, Any], account_id: int, n: int) -> None:
 
 @asyncjobs.job(lock=lambda account_id, seconds: f"acct:{account_id}", lock_retry=0.05)
 async def hold(ctx: dict[str, Any], account_id: int, seconds: float) -> None:
+    """Holds the account's lock until the test sets ``release:<account_id>``, at most
+    ``seconds``; records when and in which process it took it in the list ``held``."""
     await ctx["redis"].rpush("held", f"{time.time():.6f} {os.getpid()}")
-    await asyncio.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not await ctx["redis"].exists(f"release:{account_id}"):
+        await asyncio.sleep(0.02)
 
 
 @asyncjobs.job(lock=lambda account_id: f"acct:{account_id}", on_locked="drop")

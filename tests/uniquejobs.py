@@ -7,14 +7,18 @@ Redis key ``go:<job>`` before they finish, so a test can act while they run.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import asyncjobs
 
 
-async def _run_until_released(ctx: dict[str, Any], name: str) -> None:
+async def _run_until_released(ctx: dict[str, Any], name: str, within: float = 60.0) -> None:
     await ctx["redis"].rpush(f"started:{name}", ctx["job_id"])
+    deadline = time.monotonic() + within
     while not await ctx["redis"].exists(f"go:{name}"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"go:{name} was not set within {within}s")
         await asyncio.sleep(0.02)
 
 

@@ -7,11 +7,9 @@ cannot rot: handler → enqueue → worker → row ready, and the operator's too
 
 from __future__ import annotations
 
-import asyncio
 import re
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,6 +20,7 @@ from asyncjobs import App
 from asyncjobs.testing import WorkerProcess
 from examples.provisioning import web
 from tests.conftest import ROOT
+from tests.helpers import eventually, wait_for_event
 
 EXAMPLE_ENV = {
     "ASYNCJOBS_IMPORTS": "examples.provisioning.jobs",
@@ -52,11 +51,7 @@ def worker(worker_env: dict[str, str]) -> Any:
 
 
 async def _until(check: Callable[[], Awaitable[bool]], what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
-        await asyncio.sleep(0.05)
+    await eventually(check, within=within, interval=0.05, what=what)
 
 
 async def _stats(client: httpx.AsyncClient) -> dict[str, int]:
@@ -140,7 +135,10 @@ async def test_switched_off_creates_wait_as_pending_and_the_reconciler_finishes_
         "/databases/bulk", json={"count": 30, "prefix": "load", "owner_email": "ops@x.io"}
     )
     assert bulk.json() == {"created": 30, "queued": 0}
-    await asyncio.sleep(2.5)  # a reconciler period passes: its enqueues are refused too
+    # A reconciler run finds the 31 rows: its enqueues are refused too.
+    await wait_for_event(
+        worker, "reconciler.finished", job="create_database_job", rows=31, rejected=31
+    )
     assert (await _stats(client))["pending"] == 31
     await app.flags.disable("disable_create_database_job", actor="test")
     await _until(lambda: _has(client, "ready", 31), "the reconciler enqueued every pending row")

@@ -2,46 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import json
 import os
 import signal
-import time
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-import asyncjobs
-from asyncjobs import App, JobDefinitionError, Settings
+from asyncjobs import App, Settings
 from asyncjobs._uniqueness import advisory_key
 from asyncjobs.testing import WorkerProcess
 from tests.conftest import ROOT
+from tests.helpers import eventually, log_events, wait_for_event
 from tests.lockjobs import hold, optional_refresh, post_entry, refund, settle
-
-
-def test_advisory_keys_are_stable_signed_64_bit_integers() -> None:
-    key = advisory_key("invoice:42")
-    assert key == advisory_key("invoice:42")
-    assert key != advisory_key("invoice:43")
-    assert -(2**63) <= key < 2**63
-    # pinned: a change would let two versions of asyncjobs hold "one" lock twice
-    assert key == int.from_bytes(
-        __import__("hashlib").blake2b(b'"invoice:42"', digest_size=8).digest(), "big", signed=True
-    )
-
-
-def test_bad_lock_options_are_refused() -> None:
-    async def f(ctx: dict[str, object], x: int) -> None: ...
-
-    for options, message in [
-        ({"lock": "invoice"}, "must be a callable"),
-        ({"exclusive": True, "on_locked": "wait"}, "'redefer' or 'drop'"),
-        ({"exclusive": True, "lock_retry": 0}, "positive"),
-    ]:
-        with pytest.raises(JobDefinitionError, match=message):
-            asyncjobs.job(registry=asyncjobs.Registry(), **options)(f)  # type: ignore[call-overload]
 
 
 @pytest.fixture
@@ -56,11 +31,39 @@ async def ledger(settings: Settings) -> AsyncIterator[App]:
 pytestmark = pytest.mark.slow
 
 
-async def _hold_lock(ledger: App, redis: aioredis.Redis, account_id: int, seconds: float) -> None:
-    """Enqueue ``hold`` on the account's lock and wait until a worker holds it."""
+async def _hold_lock(
+    ledger: App, redis: aioredis.Redis, account_id: int, seconds: float = 30.0
+) -> None:
+    """Enqueue ``hold`` on the account's lock and wait until a worker holds it; it holds
+    it until :func:`_release` (or ``seconds`` pass)."""
     await ledger.enqueue(hold, account_id, seconds)
-    while not await redis.llen("held"):
-        await asyncio.sleep(0.02)
+    await eventually(lambda: redis.llen("held"), what=f"a worker holds acct:{account_id}")
+
+
+async def _release(redis: aioredis.Redis, account_id: int) -> None:
+    await redis.set(f"release:{account_id}", 1)
+
+
+async def _lock_holder(pool: asyncpg.Pool, lock: str) -> int | None:
+    """The backend pid of the PostgreSQL session holding advisory lock ``lock``, if any."""
+    key = advisory_key(lock) & (2**64 - 1)  # pg_locks shows a bigint key as two oids
+    return await pool.fetchval(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND classid = $1::bigint::oid AND objid = $2::bigint::oid",
+        key >> 32,
+        key & 0xFFFFFFFF,
+    )
+
+
+async def _session_ended(pool: asyncpg.Pool, pid: int) -> bool:
+    return bool(
+        await pool.fetchval("SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)", pid)
+    )
+
+
+async def _at_least(redis: aioredis.Redis, key: str, count: int) -> bool:
+    return int(await redis.llen(key)) >= count
 
 
 async def test_two_workers_never_run_two_jobs_with_one_lock_at_once(
@@ -72,10 +75,11 @@ async def test_two_workers_never_run_two_jobs_with_one_lock_at_once(
         jobs = await ledger.enqueue_many(post_entry, [(1, n) for n in range(50)])
         assert all(jobs)
         pool = await ledger.db()
-        deadline = time.monotonic() + 90
-        while await pool.fetchval("SELECT count(*) FROM lock_runs") < 50:
-            assert time.monotonic() < deadline, "the 50 jobs did not all run"
-            await asyncio.sleep(0.1)
+
+        async def all_ran() -> bool:
+            return int(await pool.fetchval("SELECT count(*) FROM lock_runs")) >= 50
+
+        await eventually(all_ran, within=90, what="the 50 jobs all ran")
         rows = await pool.fetch("SELECT n, started, ended, pid FROM lock_runs ORDER BY started")
     finally:
         for w in workers:
@@ -84,10 +88,10 @@ async def test_two_workers_never_run_two_jobs_with_one_lock_at_once(
     for before, after in itertools.pairwise(rows):
         assert after["started"] >= before["ended"], (before, after)  # never overlapping
     assert len({r["pid"] for r in rows}) == 2  # both workers took turns
-    locked = [json.loads(x) for w in workers for x in w.lines if '"job.locked"' in x]
+    locked = [e for w in workers for e in log_events(w.lines, "job.locked")]
     assert locked
     assert all(e["action"] == "redefer" for e in locked)
-    assert not any('"job.dead"' in x for w in workers for x in w.lines)  # waits are not tries
+    assert not [e for w in workers for e in log_events(w.lines, "job.dead")]  # waits: not tries
 
 
 async def test_a_killed_workers_lock_is_free_at_once(
@@ -98,27 +102,35 @@ async def test_a_killed_workers_lock_is_free_at_once(
     # The waiting job goes to a queue only the other worker reads: were the holder to take
     # it between two waits, its SIGKILL would leave it for the recovery (seconds) instead.
     other = WorkerProcess({**env, "ASYNCJOBS_QUEUES": "waiting"}, cwd=ROOT)
+    pool = await ledger.db()
     try:
-        await ledger.enqueue(hold, 1, 60)
-        deadline = time.monotonic() + 20
-        while not await redis.llen("held"):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await _hold_lock(ledger, redis, 1, seconds=120)  # held until the holder dies
+        # The lock is the advisory lock of one PostgreSQL session: the holder's.
+        session = await eventually(
+            lambda: _lock_holder(pool, "acct:1"), what="a session holds acct:1's advisory lock"
+        )
         other.start()
         await ledger.enqueue(hold, 1, 0, _queue_name="waiting")  # same lock: waits
-        await asyncio.sleep(0.5)
+        await wait_for_event(other, "job.locked", job="hold")  # refused while the holder lives
         assert await redis.llen("held") == 1  # still held by the first worker
+        assert await _lock_holder(pool, "acct:1") == session
         assert holder.process is not None
         os.kill(holder.process.pid, signal.SIGKILL)
-        killed_at = time.time()
-        while await redis.llen("held") < 2:
-            assert time.time() - killed_at < 10
-            await asyncio.sleep(0.01)
-        taken_at = float((await redis.lindex("held", 1)).split()[0])
+        holder.process.wait(10)
+        # The lock goes with the session, which ends with the killed process's connection
+        # (no lease or TTL to wait out): the waiting job takes it at one of its next tries.
+        await eventually(
+            lambda: _session_ended(pool, session), within=10, what="the holder's session ended"
+        )
+        await eventually(
+            lambda: _at_least(redis, "held", 2), within=10, what="the waiting job took the lock"
+        )
+        taken_by = int((await redis.lindex("held", 1)).split()[1])
     finally:
         holder.stop()
         other.stop()
-    assert taken_at - killed_at < 1.0  # freed with the session, not after a TTL
+    assert other.process is not None
+    assert taken_by == other.process.pid
 
 
 async def test_on_locked_drop_drops_the_job_and_says_so(
@@ -126,14 +138,14 @@ async def test_on_locked_drop_drops_the_job_and_says_so(
 ) -> None:
     env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.lockjobs"}
     with WorkerProcess(env, cwd=ROOT) as worker:
-        await _hold_lock(ledger, redis, 7, 1.0)
+        await _hold_lock(ledger, redis, 7)
         await ledger.enqueue(optional_refresh, 7)
-        worker.wait_for('"job.locked"')
-        await asyncio.sleep(1.2)
+        await wait_for_event(worker, "job.locked", job="optional_refresh")
+        await _release(redis, 7)
+        await wait_for_event(worker, "job.succeeded", job="hold")  # the lock is free again
         await ledger.enqueue(optional_refresh, 7)  # free now: runs
-        while not await redis.llen("refreshed"):
-            await asyncio.sleep(0.02)
-    (event,) = [json.loads(x) for x in worker.lines if '"job.locked"' in x]
+        await eventually(lambda: redis.llen("refreshed"), what="the second refresh ran")
+    (event,) = log_events(worker.lines, "job.locked")
     assert (event["job"], event["action"], event["lock"]) == ("optional_refresh", "drop", "acct:7")
     assert await redis.lrange("refreshed", 0, -1) == [b"7"]
 
@@ -143,14 +155,13 @@ async def test_lock_waits_do_not_count_against_a_retry_the_job_asks_for(
 ) -> None:
     env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.lockjobs"}
     with WorkerProcess(env, cwd=ROOT) as worker:
-        await _hold_lock(ledger, redis, 3, 1.0)
-        await ledger.enqueue(settle, 3)  # max_tries=2; waits about 20 times for the lock
-        deadline = time.monotonic() + 20
-        while not await redis.llen("settled"):
-            assert time.monotonic() < deadline, worker.output
-            await asyncio.sleep(0.05)
-    assert sum('"job.locked"' in x for x in worker.lines) >= 2
-    assert not any('"job.dead"' in x for x in worker.lines)
+        await _hold_lock(ledger, redis, 3)
+        await ledger.enqueue(settle, 3)  # max_tries=2: three waits would be a third try
+        await wait_for_event(worker, "job.locked", count=3, job="settle")
+        await _release(redis, 3)
+        await eventually(lambda: redis.llen("settled"), within=20, what="settle settled")
+    assert len(log_events(worker.lines, "job.locked")) >= 2
+    assert log_events(worker.lines, "job.dead") == []
     assert await redis.get("settle_runs:3") == b"2"  # the retry it asked for, then success
 
 
@@ -159,10 +170,12 @@ async def test_a_dead_letter_counts_tries_not_waits_for_the_lock(
 ) -> None:
     env = {**worker_env, "ASYNCJOBS_IMPORTS": "tests.lockjobs"}
     with WorkerProcess(env, cwd=ROOT) as worker:
-        await _hold_lock(ledger, redis, 4, 0.5)
-        await ledger.enqueue(refund, 4)  # waits about 10 times, then fails for good
-        worker.wait_for('"job.dead"', timeout=20)
-    assert sum('"job.locked"' in x for x in worker.lines) >= 2
+        await _hold_lock(ledger, redis, 4)
+        await ledger.enqueue(refund, 4)  # max_tries=1: waits, then fails for good
+        await wait_for_event(worker, "job.locked", count=2, job="refund")
+        await _release(redis, 4)
+        await wait_for_event(worker, "job.dead", within=20)
+    assert len(log_events(worker.lines, "job.locked")) >= 2
     (letter,) = await ledger.dead.list()
     assert (letter.job_name, letter.tries) == ("refund", 1)
     assert "the card is closed" in letter.error

@@ -3,7 +3,6 @@ where a layer talks to one."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import asyncpg
@@ -14,12 +13,9 @@ from arq.worker import Retry
 from asyncjobs import App, Backoff, ExecutionRequest
 from asyncjobs._execution import (
     AdvisoryLock,
-    JobTimeout,
     Locked,
     Outcome,
     OutOfTries,
-    decide,
-    timeout_layer,
 )
 from asyncjobs._jobs import build_spec
 from asyncjobs._uniqueness import advisory_key, unique_key
@@ -35,38 +31,6 @@ def _spec(**options: Any) -> Any:
 
 def _request(app: App, spec: Any, ctx: dict[str, Any] | None = None) -> ExecutionRequest:
     return ExecutionRequest(app, spec, {"job_id": "j1", "job_try": 1, **(ctx or {})}, (7,), {})
-
-
-@pytest.mark.parametrize(
-    ("error", "tries", "options", "retry", "why"),
-    [
-        (ValueError("x"), 1, {}, True, "retry_on"),
-        (ValueError("x"), 25, {}, False, "max_tries"),
-        (ValueError("x"), 2, {"max_tries": 2}, False, "max_tries"),
-        (KeyError("x"), 1, {"retry_on": (ValueError,)}, False, "not_retry_on"),
-        (PermissionError("x"), 1, {"give_up_on": PermissionError}, False, "give_up_on"),
-        (Retry(defer=1), 1, {"give_up_on": Exception}, True, "asked"),
-        (Retry(defer=1), 3, {"max_tries": 3}, False, "max_tries"),
-    ],
-)
-def test_decide_is_a_pure_function_of_error_tries_and_options(
-    error: BaseException, tries: int, options: dict[str, Any], retry: bool, why: str
-) -> None:
-    decision = decide(error, tries, _spec(**options))
-    assert (decision.retry, decision.why) == (retry, why)
-
-
-async def test_the_timeout_layer_turns_running_too_long_into_a_job_timeout() -> None:
-    async def slow(request: Any) -> None:
-        await asyncio.sleep(10)
-
-    async def quick(request: Any) -> str:
-        return "done"
-
-    layer = timeout_layer(0.05)
-    with pytest.raises(JobTimeout, match="longer than its timeout of 0.05s"):
-        await layer(None, slow)  # type: ignore[arg-type]
-    assert await layer(None, quick) == "done"  # type: ignore[arg-type]
 
 
 async def test_outcome_retries_a_failure_with_tries_left_after_a_backoff_delay(

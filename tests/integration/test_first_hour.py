@@ -4,7 +4,6 @@ holding the user's own module, never ``python -m`` with PYTHONPATH set."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import pty
 import select
@@ -15,55 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import structlog
 
 from asyncjobs import App, Settings
 from asyncjobs.testing import WorkerProcess, free_port
-
-COMMAND = str(Path(sys.executable).parent / "asyncjobs")  # the console script, as installed
-ARQ = str(Path(sys.executable).parent / "arq")
-
-USER_MODULE = """
-import asyncjobs
-
-@asyncjobs.job
-async def send_welcome_email(ctx, user_id: int) -> None:
-    await ctx["redis"].rpush("welcomed", user_id)
-
-@asyncjobs.job(max_tries=1)
-async def always_fails(ctx, n: int) -> None:
-    raise ValueError(f"bad {n}")
-"""
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A user's project directory: ``myapp/jobs.py``, nothing else."""
-    (tmp_path / "myapp").mkdir()
-    (tmp_path / "myapp" / "__init__.py").write_text("")
-    (tmp_path / "myapp" / "jobs.py").write_text(USER_MODULE)
-    return tmp_path
-
-
-def _env(**extra: str) -> dict[str, str]:
-    base = {
-        k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_") and k != "PYTHONPATH"
-    }
-    return {**base, "ASYNCJOBS_IMPORTS": "myapp.jobs", **extra}
-
-
-def run(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [COMMAND, *args],
-        cwd=project,
-        env=_env(**env),
-        input="",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+from tests.conftest import ROOT
+from tests.helpers import eventually, log_events, wait_for_event_blocking, wait_until
+from tests.userproject import ARQ, COMMAND, run, user_env
 
 
 def test_a_successful_command_prints_its_result_only(
@@ -82,47 +39,11 @@ def test_a_successful_command_prints_its_result_only(
     assert listed.stderr == ""
 
 
-def test_a_failing_command_prints_one_line_and_a_traceback_only_at_debug(project: Path) -> None:
-    env = {"ASYNCJOBS_DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/db"}
-    failed = run(project, "dead", "list", **env, ASYNCJOBS_DATABASE_TIMEOUT="1")
-    assert failed.returncode == 1
-    assert failed.stderr.strip().splitlines() == [
-        line for line in failed.stderr.strip().splitlines() if line.startswith("Error: ")
-    ]
-    assert len(failed.stderr.strip().splitlines()) == 1
-    assert "is unreachable" in failed.stderr
-    debug = run(project, "dead", "list", **env, ASYNCJOBS_LOG_LEVEL="debug")
-    assert "Traceback" in debug.stderr
-
-
-@pytest.mark.parametrize(
-    "args",
-    [
-        ("dead", "list", "--limit", "-1"),
-        ("dead", "list", "--limit", "0"),
-        ("dead", "list", "--limit", "abc"),
-        ("flags", "history", "--limit", "-1"),
-        ("dead", "purge", "--older-than", "-3d"),
-        ("dev", "--port-redis", "0"),
-        ("dev", "--port-postgres", "70000"),
-    ],
-)
-def test_bad_numbers_and_durations_are_one_line_naming_the_option(
-    project: Path, args: tuple[str, ...]
-) -> None:
-    result = run(project, *args)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    assert args[-2] in lines[0]  # the option's name
-
-
 def test_purge_asks_on_a_terminal_and_nothing_goes_when_the_answer_is_no(
     project: Path, redis_url: str, database_url: str
 ) -> None:
     asyncio.run(_one_dead_letter(redis_url, database_url))
-    env = _env(ASYNCJOBS_REDIS_URL=redis_url, ASYNCJOBS_DATABASE_URL=database_url)
+    env = user_env(ASYNCJOBS_REDIS_URL=redis_url, ASYNCJOBS_DATABASE_URL=database_url)
     pid, fd = pty.fork()
     if pid == 0:  # the child: the command on a terminal
         os.chdir(project)
@@ -157,15 +78,13 @@ def test_dev_gives_stable_settings_in_a_file_to_source(project: Path) -> None:
             str(env_file),
         ],
         cwd=project,
-        env=_env(),
+        env=user_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        deadline = time.monotonic() + 90
-        while not env_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(env_file.exists, within=90, what=f"asyncjobs dev wrote {env_file}")
         lines = env_file.read_text().splitlines()
         assert lines == [
             f"export ASYNCJOBS_REDIS_URL=redis://127.0.0.1:{redis_port}/0",
@@ -204,14 +123,13 @@ async def test_rejected_counts_reach_flags_list_without_another_enqueue(
         await app.flags.enable("disable_record_args", actor="test")
         assert await app.enqueue(record_args, 1) is None
         env = {"ASYNCJOBS_REDIS_URL": redis_url, "ASYNCJOBS_DATABASE_URL": database_url}
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # this process stays idle meanwhile
+
+        async def rejected_column_is_1() -> bool:  # this process stays idle meanwhile
             listed = await asyncio.to_thread(run, project, "flags", "list", **env)
             row = next(x for x in listed.stdout.splitlines() if x.startswith("disable_record_args"))
-            if row.split()[2] == "1":
-                break
-            await asyncio.sleep(0.3)
-        assert row.split()[2] == "1"  # the rejected column
+            return bool(row.split()[2] == "1")  # the rejected column
+
+        await eventually(rejected_column_is_1, within=10, what="flags list shows the rejection")
 
 
 async def test_a_process_without_a_database_enqueues_without_flag_warnings(redis_url: str) -> None:
@@ -228,7 +146,7 @@ def test_a_worker_says_at_start_that_postgresql_is_unreachable(
     project: Path, redis_url: str
 ) -> None:
     env = {
-        **_env(),
+        **user_env(),
         "ASYNCJOBS_REDIS_URL": redis_url,
         "ASYNCJOBS_DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/db",
         "ASYNCJOBS_DATABASE_TIMEOUT": "1",
@@ -236,14 +154,14 @@ def test_a_worker_says_at_start_that_postgresql_is_unreachable(
     worker = WorkerProcess(env, cwd=project)
     worker.argv = [ARQ, "asyncjobs.WorkerSettings"]
     with worker:
-        worker.wait_for("database.unavailable", timeout=30)
-    event = next(json.loads(x) for x in worker.lines if "database.unavailable" in x)
+        wait_for_event_blocking(worker, "database.unavailable", within=30)
+    event = log_events(worker.lines, "database.unavailable")[0]
     assert event["level"] == "warning"
 
 
 def _first_hour_commands() -> list[str]:
     """The command lines of the README's "First hour" check list, comments removed."""
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    text = (ROOT / "README.md").read_text()
     block = text.split("## First hour", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     lines = []
     for raw in block.splitlines():
@@ -256,7 +174,7 @@ def _first_hour_commands() -> list[str]:
 def test_the_first_hour_check_list_top_to_bottom(project: Path) -> None:  # noqa: C901 -- runs the README list line by line
     commands = _first_hour_commands()
     ports = {"6390": str(free_port()), "5490": str(free_port())}
-    env = _env()
+    env = user_env()
     ran: list[str] = []
     dev: subprocess.Popen[str] | None = None
     worker: WorkerProcess | None = None
@@ -275,9 +193,7 @@ def test_the_first_hour_check_list_top_to_bottom(project: Path) -> None:  # noqa
                 env[key] = value
             elif words[0] == "source":
                 env_file = project / words[1]
-                deadline = time.monotonic() + 90
-                while not env_file.exists() and time.monotonic() < deadline:
-                    time.sleep(0.1)
+                wait_until(env_file.exists, within=90, what=f"asyncjobs dev wrote {env_file}")
                 for exported in env_file.read_text().splitlines():
                     key, value = exported.removeprefix("export ").split("=", 1)
                     env[key] = value
@@ -307,7 +223,7 @@ def test_the_first_hour_check_list_top_to_bottom(project: Path) -> None:  # noqa
                     assert result.stdout.startswith(f"job {job_id} cancelled: removed from queue")
             ran.append(line)
         assert worker is not None
-        worker.wait_for('"event": "job.succeeded"')
+        wait_for_event_blocking(worker, "job.succeeded")
     finally:
         if worker is not None:
             worker.stop()
@@ -322,7 +238,7 @@ def test_the_shell_edits_lines_keeps_history_and_has_asyncio_and_dead_letters(
     project: Path, redis_url: str, database_url: str, tmp_path: Path
 ) -> None:
     asyncio.run(_one_dead_letter(redis_url, database_url))
-    env = _env(
+    env = user_env(
         ASYNCJOBS_REDIS_URL=redis_url, ASYNCJOBS_DATABASE_URL=database_url, HOME=str(tmp_path)
     )
     pid, fd = pty.fork()
@@ -389,28 +305,6 @@ def test_a_wrong_role_is_reported_as_a_refused_login_not_as_a_stopped_server(
     assert "refused the login" in line
     assert 'role "nosuchrole" does not exist' in line
     assert "is running" not in line
-
-
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [("ASYNCJOBS_MAX_JOBS", "abc"), ("ASYNCJOBS_IMPORTS", "no_such_module")],
-)
-def test_a_misconfigured_worker_says_so_in_one_line(
-    project: Path, redis_url: str, variable: str, value: str
-) -> None:
-    result = subprocess.run(
-        [ARQ, "asyncjobs.WorkerSettings"],
-        cwd=project,
-        env=_env(ASYNCJOBS_REDIS_URL=redis_url, ASYNCJOBS_LOG_FORMAT="json", **{variable: value}),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 1
-    (line,) = result.stderr.strip().splitlines()
-    assert json.loads(line)["event"] == "worker.misconfigured"
-    assert variable in json.loads(line)["error"]
 
 
 def _exit_status(pid: int, fd: int, within: float = 30.0) -> tuple[int, bytes]:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +13,7 @@ from asyncjobs._services import EmbeddedPostgres
 from asyncjobs.testing import EmbeddedServices, WorkerProcess
 from tests.conftest import ROOT
 from tests.conftest import cli as run_cli
-from tests.test_worker_process import runs
+from tests.helpers import bounded, eventually, log_events, recorded_runs, wait_for_event
 from tests.workerjobs import InvoiceJob, record_args
 
 pytestmark = pytest.mark.slow
@@ -39,10 +36,10 @@ async def test_jobs_queued_before_the_flag_are_skipped_by_a_worker_and_others_ru
         await app.flags.enable("disable_invoice_job", reason="stop it")
         with WorkerProcess(worker_env, cwd=ROOT) as worker:
             await app.enqueue(record_args, "still runs")
-            worker.wait_for('"event": "job.skipped"', count=3, timeout=30)
-            done = await runs(redis, 1)
+            await wait_for_event(worker, "job.skipped", count=3, within=30)
+            done = await recorded_runs(redis, 1)
         assert [r["job"] for r in done] == ["record_args"]
-        skipped = [json.loads(line) for line in worker.lines if '"job.skipped"' in line]
+        skipped = log_events(worker.lines, "job.skipped")
         assert {s["job_id"] for s in skipped} == {j.job_id for j in queued_before if j}
         assert all(s["flag"] == "disable_invoice_job" for s in skipped)
         (flag,) = await app.flags.list()
@@ -152,17 +149,21 @@ async def test_postgres_stopping_mid_run_breaks_neither_enqueue_nor_the_worker(
         await app.flags.enable("disable_invoice_job")
         with WorkerProcess(env, cwd=ROOT) as worker:
             assert await app.enqueue(record_args, "before") is not None
-            await runs(redis, 1)
+            await recorded_runs(redis, 1)
             own_postgres.stop()
-            await asyncio.sleep(0.6)  # past the TTL: the next reads try the dead store
-            start = time.monotonic()
-            for i in range(20):
-                assert await app.enqueue(record_args, f"during-{i}") is not None
-                assert await app.enqueue(InvoiceJob, i) is None  # last known value: still off
-            assert time.monotonic() - start < 10  # bounded, not hung per call
-            done = await runs(redis, 21)
-            worker.wait_for("flags.unavailable", timeout=20)
+            # Past the TTL (or told by its lost LISTEN): the next reads try the dead store.
+            await eventually(
+                lambda: app.flags.cached("disable_invoice_job") is None,
+                within=10,
+                what="the flag cache went stale",
+            )
+            async with bounded(10, "enqueues bounded, not hung per call"):
+                for i in range(20):
+                    assert await app.enqueue(record_args, f"during-{i}") is not None
+                    assert await app.enqueue(InvoiceJob, i) is None  # last known value: off
+            done = await recorded_runs(redis, 21)
+            await wait_for_event(worker, "flags.unavailable", within=20)
             assert worker.alive()
         expected = ["before", *(f"during-{i}" for i in range(20))]
         assert sorted(r["args"][0] for r in done) == sorted(expected)
-        assert sum("flags.unavailable" in line for line in worker.lines) == 1
+        assert len(log_events(worker.lines, "flags.unavailable")) == 1

@@ -2,64 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
+import itertools
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
-from hypothesis import given
-from hypothesis import strategies as st
 
 import asyncjobs
-from asyncjobs import App, Backoff, JobDefinitionError, Settings
+from asyncjobs import App, Settings
 from asyncjobs.testing import WorkerProcess
 from tests.conftest import ROOT, cli
+from tests.helpers import eventually, job_finished, log_events, wait_for_event
 from tests.retryjobs import doomed, fixable, flaky, give_up, secret, slow_once
-
-
-@given(
-    base=st.floats(0.01, 100),
-    factor=st.floats(1, 10),
-    cap_mult=st.floats(1, 1000),
-    jitter=st.floats(0, 1),
-    n=st.integers(1, 60),
-)
-def test_backoff_stays_in_bounds_under_the_cap_and_grows_in_expectation(
-    base: float, factor: float, cap_mult: float, jitter: float, n: int
-) -> None:
-    policy = Backoff(base=base, factor=factor, cap=base * cap_mult, jitter=jitter)
-    low, high = policy.bounds(n)
-    assert 0 <= low <= high <= policy.cap
-    assert low >= high * (1 - jitter) - 1e-9
-    for _ in range(20):
-        assert low - 1e-9 <= policy.delay(n) <= high + 1e-9
-    next_low, next_high = policy.bounds(n + 1)
-    assert (next_low + next_high) / 2 >= (low + high) / 2 - 1e-9  # non-decreasing mean
-
-
-def test_the_default_policy_is_documented_and_capped() -> None:
-    policy = Backoff()
-    assert policy.bounds(1) == (7.5, 15.0)
-    assert policy.bounds(2) == (15.0, 30.0)
-    assert policy.bounds(25) == (3 * 3600.0, 6 * 3600.0)
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"max_tries": 0}, "max_tries"),
-        ({"backoff": object()}, "delay"),
-        ({"retry_on": "ValueError"}, "exception classes"),
-        ({"give_up_on": (KeyError, 3)}, "exception classes"),
-    ],
-)
-def test_bad_retry_options_are_refused(options: dict[str, object], message: str) -> None:
-    async def f(ctx: dict[str, object]) -> None: ...
-
-    with pytest.raises(JobDefinitionError, match=message):
-        asyncjobs.job(registry=asyncjobs.Registry(), **options)(f)  # type: ignore[call-overload]
 
 
 @pytest.fixture
@@ -75,14 +29,13 @@ def env(worker_env: dict[str, str]) -> dict[str, str]:
 
 
 async def _runs(redis: aioredis.Redis, job: str, count: int, wait: float = 20) -> list[float]:
-    deadline = time.monotonic() + wait
-    while await redis.llen(f"runs:{job}") < count and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    """Wait until ``job`` ran ``count`` times; return when each run started."""
+
+    async def ran() -> bool:
+        return int(await redis.llen(f"runs:{job}")) >= count
+
+    await eventually(ran, within=wait, what=f"{job} ran {count} time(s)")
     return [float(x) for x in await redis.lrange(f"runs:{job}", 0, -1)]
-
-
-def _events(worker: WorkerProcess, name: str) -> list[dict[str, object]]:
-    return [json.loads(x) for x in worker.lines if f'"{name}"' in x]
 
 
 pytestmark = pytest.mark.slow
@@ -92,20 +45,20 @@ async def test_a_job_failing_twice_then_succeeding_runs_three_times_with_growing
     migrated: App, env: dict[str, str], redis: aioredis.Redis
 ) -> None:
     with WorkerProcess(env, cwd=ROOT) as worker:
-        await migrated.enqueue(flaky, 2)
-        times = await _runs(redis, "flaky", 3)
-        worker.wait_for('"event": "job.succeeded"')
-        await asyncio.sleep(0.5)
+        job = await migrated.enqueue(flaky, 2)
+        assert job is not None
+        await _runs(redis, "flaky", 3)
+        await wait_for_event(worker, "job.succeeded")
+        await job_finished(redis, job.job_id)  # nothing more can run
+        times = [float(x) for x in await redis.lrange("runs:flaky", 0, -1)]
     assert len(times) == 3
-    first_gap, second_gap = times[1] - times[0], times[2] - times[1]
-    assert first_gap >= 0.4
-    assert second_gap >= 0.8
-    assert second_gap > first_gap
-    retrying = _events(worker, "job.retrying")
+    retrying = log_events(worker.lines, "job.retrying")
     assert [(e["job_try"], e["delay_s"], e["error"]) for e in retrying] == [
         (1, 0.4, "RuntimeError: not yet"),
         (2, 0.8, "RuntimeError: not yet"),
-    ]
+    ]  # growing delays...
+    for (before, after), retry in zip(itertools.pairwise(times), retrying, strict=True):
+        assert after - before >= retry["delay_s"]  # ...each waited out before the next try
     assert await migrated.dead.list() == []
 
 
@@ -114,7 +67,7 @@ async def test_a_job_that_always_fails_ends_as_one_dead_letter_with_its_tracebac
 ) -> None:
     with WorkerProcess(env, cwd=ROOT) as worker:
         job = await migrated.enqueue(doomed, 7)
-        worker.wait_for('"event": "job.dead"')
+        await wait_for_event(worker, "job.dead")
         runs = await _runs(redis, "doomed", 3)
     assert job is not None
     assert len(runs) == 3
@@ -134,7 +87,7 @@ async def test_give_up_on_sends_a_job_straight_to_the_dead_set(
 ) -> None:
     with WorkerProcess(env, cwd=ROOT) as worker:
         await migrated.enqueue(give_up)
-        worker.wait_for('"event": "job.dead"')
+        await wait_for_event(worker, "job.dead")
     assert len(await _runs(redis, "give_up", 1)) == 1
     (letter,) = await migrated.dead.list()
     assert (letter.tries, letter.error) == (1, "KeyError: 'no such account'")
@@ -145,9 +98,9 @@ async def test_a_timeout_is_a_failure_that_retries(
 ) -> None:
     with WorkerProcess(env, cwd=ROOT) as worker:
         await migrated.enqueue(slow_once)
-        worker.wait_for('"event": "job.succeeded"')
+        await wait_for_event(worker, "job.succeeded")
     assert len(await _runs(redis, "slow_once", 2)) == 2
-    (retrying,) = _events(worker, "job.retrying")
+    (retrying,) = log_events(worker.lines, "job.retrying")
     assert retrying["error"] == "JobTimeout: the job ran longer than its timeout of 0.3s"
 
 
@@ -156,14 +109,14 @@ async def test_dead_retry_runs_it_again_and_removes_the_record_on_success(
 ) -> None:
     with WorkerProcess(env, cwd=ROOT) as worker:
         await migrated.enqueue(fixable, 42)
-        worker.wait_for('"event": "job.dead"')
+        await wait_for_event(worker, "job.dead")
         (letter,) = await migrated.dead.list()
         await redis.set("fixed", 1)
         again = await migrated.dead.retry(letter.id)
         assert again is not None
         assert again.job_id.startswith(f"dead:{letter.id}:")
-        worker.wait_for('"event": "job.succeeded"')
-        await asyncio.sleep(0.3)
+        await wait_for_event(worker, "job.succeeded")
+        await job_finished(redis, again.job_id)
     assert len(await _runs(redis, "fixable", 2)) == 2
     assert await migrated.dead.list() == []
 
@@ -171,7 +124,7 @@ async def test_dead_retry_runs_it_again_and_removes_the_record_on_success(
 async def test_redacted_arguments_are_not_kept(migrated: App, env: dict[str, str]) -> None:
     with WorkerProcess(env, cwd=ROOT) as worker:
         await migrated.enqueue(secret, "123-45-6789")
-        worker.wait_for('"event": "job.dead"')
+        await wait_for_event(worker, "job.dead")
     (letter,) = await migrated.dead.list()
     assert (letter.args, letter.kwargs, letter.redacted) == (None, None, True)
     assert "123-45-6789" not in letter.traceback + letter.error
@@ -186,7 +139,7 @@ async def test_dead_letter_cli_in_a_subprocess(
     with WorkerProcess(env, cwd=ROOT) as worker:
         await migrated.enqueue(doomed, 1)
         await migrated.enqueue(fixable, 2)
-        worker.wait_for('"event": "job.dead"', count=2)
+        await wait_for_event(worker, "job.dead", count=2)
         listing = cli("dead", "list", env=env)
         assert listing.returncode == 0, listing.stderr
         assert "doomed" in listing.stdout
@@ -203,8 +156,8 @@ async def test_dead_letter_cli_in_a_subprocess(
         retried = cli("dead", "retry", str(letters["fixable"].id), env=env)
         assert retried.returncode == 0, retried.stderr
         assert "re-enqueued dead letter" in retried.stdout
-        worker.wait_for('"event": "job.succeeded"')
-        await asyncio.sleep(0.3)
+        (succeeded,) = await wait_for_event(worker, "job.succeeded", job="fixable")
+        await job_finished(redis, succeeded["job_id"])
     assert [d.job_name for d in await migrated.dead.list()] == ["doomed"]
 
     bad_id = cli("dead", "show", "abc", env=env)

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,28 +35,18 @@ from tests.corejobs import (
     slow_first_time,
     stamp,
 )
+from tests.helpers import eventually, log_events, wait_for_event
 
 pytestmark = pytest.mark.slow
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, within: float = 30.0) -> float:
-    """Poll ``check`` until true; return the seconds it took, or fail saying ``what``."""
-    start = time.monotonic()
-    while time.monotonic() - start < within:
-        if await check():
-            return time.monotonic() - start
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what}: not within {within}s")
+async def until(check: Callable[[], Awaitable[bool]], what: str, within: float = 30.0) -> None:
+    """Wait until ``check`` is true, or fail saying ``what`` after ``within`` seconds."""
+    await eventually(check, within=within, what=what)
 
 
 def events(worker: WorkerProcess, name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in list(worker.lines):
-        if line.startswith("{"):
-            event = json.loads(line)
-            if event.get("event") == name:
-                found.append(event)
-    return found
+    return log_events(worker.lines, name)
 
 
 @pytest.fixture
@@ -88,13 +75,14 @@ async def test_a_sigkilled_workers_jobs_run_again_elsewhere_long_before_their_ti
     assert "ASYNCJOBS_JOB_TIMEOUT" not in core_env
     first = WorkerProcess(core_env, cwd=ROOT).start()
     try:
-        jobs = await app.enqueue_many(guarded_effect, [(i, 3.0) for i in range(20)])
+        # Each job works until the key "go" is set: the first worker dies mid-work.
+        jobs = await app.enqueue_many(guarded_effect, [(i, 120.0) for i in range(20)])
         await until(lambda: _llen(redis, "started", 20), "the first worker started every job")
         first.process.kill()  # type: ignore[union-attr]
         first.process.wait()  # type: ignore[union-attr]
-        killed_at = time.monotonic()
     finally:
         first.stop()
+    await redis.set("go", 1)
     dead_id = events(first, "worker.started")[0]["worker_id"]
     with WorkerProcess(core_env, cwd=ROOT) as second:
         conn = await asyncpg.connect(database_url)
@@ -103,15 +91,14 @@ async def test_a_sigkilled_workers_jobs_run_again_elsewhere_long_before_their_ti
             async def all_done() -> bool:
                 return bool(await conn.fetchval("SELECT bool_and(done) FROM items"))
 
-            # Without recovery the jobs would wait for their in-progress keys (311 s);
-            # the benchmark worker.recovery.sigkill measures the figure (target 15 s).
+            # Without recovery the jobs would wait for their in-progress keys (311 s), far
+            # past this deadline; the benchmark worker.recovery.sigkill measures the figure
+            # (target 15 s).
             await until(all_done, "the second worker finished the killed worker's jobs", 60)
-            elapsed = time.monotonic() - killed_at
             effects = await conn.fetch("SELECT id, effects FROM items ORDER BY id")
         finally:
             await conn.close()
-        second.wait_for('"event": "worker.recovered"')
-    assert elapsed < 60
+        await wait_for_event(second, "worker.recovered")
     assert [r["effects"] for r in effects] == [1] * 20  # each effect once: row_lock guards it
     recovered = events(second, "worker.recovered")
     assert [e["dead_worker_id"] for e in recovered] == [dead_id]
@@ -129,13 +116,11 @@ async def test_sigterm_hands_running_jobs_back_after_the_grace_and_another_worke
         await app.enqueue_many(slow_first_time, [(i,) for i in range(5)])
         await until(lambda: _hlen(redis, "slow-runs", 5), "the first worker started every job")
         first.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        signalled = time.monotonic()
+        # It stops after its grace (1 s), not when the jobs end (never): or this raises.
         code = first.process.wait(timeout=1 + 5)  # type: ignore[union-attr]
-        exited_after = time.monotonic() - signalled
     finally:
         first.stop()
     assert code == 0
-    assert exited_after < 6
     stopping = events(first, "worker.stopping")
     assert stopping[0]["signal"] == "SIGTERM"
     assert stopping[0]["running"] == 5
@@ -259,7 +244,7 @@ async def test_an_unknown_job_is_kept_as_a_dead_letter_and_runs_after_retry_once
     await redis.set("arq:job:early", json.dumps(payload))
     await redis.zadd("arq:queue", {"early": time.time() * 1000})
     with WorkerProcess(worker_env, cwd=ROOT) as old:  # does not know late_job
-        old.wait_for('"event": "job.dead"')
+        await wait_for_event(old, "job.dead")
     (letter,) = await app.dead.list()
     assert (letter.reason, letter.job_name, letter.job_id) == ("unknown_job", "late_job", "early")
     assert await redis.zcard("arq:queue") == 0
@@ -280,7 +265,7 @@ async def test_every_line_of_a_json_worker_log_is_json_with_one_traceback_per_fa
     with WorkerProcess(core_env, cwd=ROOT) as worker:
         await app.enqueue(fails_twice, 1)
         await app.enqueue(echo, "fine")
-        worker.wait_for('"event": "job.dead"')
+        await wait_for_event(worker, "job.dead")
     lines = [line for line in worker.lines if line.strip()]
     parsed = [json.loads(line) for line in lines]  # raises on any line that is not JSON
     assert {"worker.started", "job.retrying", "job.failed", "job.dead", "worker.stopped"} <= {
@@ -296,42 +281,11 @@ async def test_an_idle_worker_starts_a_new_job_without_waiting_for_its_next_poll
 ) -> None:
     env = {**core_env, "ASYNCJOBS_POLL_DELAY": "30"}  # polling alone: up to 30 s per job
     with WorkerProcess(env, cwd=ROOT):
-        await asyncio.sleep(0.5)  # idle, blocked on its wake-up list
         for n in range(3):
+            await until(lambda: _blocked_on_wake_up(redis), "the worker is idle, blocked")
             job = await app.enqueue(stamp, n)
             assert job is not None
             await until(lambda n=n: _llen(redis, "stamps", n + 1), "the job started", 10)
-            await asyncio.sleep(0.2)
-
-
-def test_malformed_worker_variables_name_the_variable(redis_url: str) -> None:
-    cases = {
-        "ASYNCJOBS_QUEUES": ("a,,b", "ASYNCJOBS_QUEUES"),
-        "ASYNCJOBS_HEARTBEAT": ("soon", "ASYNCJOBS_HEARTBEAT"),
-        "ASYNCJOBS_SHUTDOWN_GRACE": ("-1", "ASYNCJOBS_SHUTDOWN_GRACE"),
-    }
-    for var, (value, named) in cases.items():
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_")},
-            "PYTHONPATH": str(ROOT),
-            "ASYNCJOBS_REDIS_URL": redis_url,
-            "ASYNCJOBS_IMPORTS": "tests.corejobs",
-            "ASYNCJOBS_LOG_FORMAT": "json",
-            var: value,
-        }
-        result = subprocess.run(
-            [sys.executable, "-m", "arq", "asyncjobs.WorkerSettings"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode != 0
-        lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
-        assert [entry["event"] for entry in lines] == ["worker.misconfigured"], result.stderr
-        assert named in lines[0]["error"]
 
 
 async def _arq_pool(redis_url: str) -> Any:
@@ -354,6 +308,15 @@ async def _zcard_is(redis: aioredis.Redis, key: str, count: int) -> bool:
 
 async def _no_dead_letters(app: App) -> bool:
     return not await app.dead.list()
+
+
+async def _blocked_on_wake_up(redis: aioredis.Redis) -> bool:
+    """Whether a client of this test's Redis database waits in BLPOP (on the wake-up lists)."""
+    db = redis.connection_pool.connection_kwargs.get("db", 0)
+    return any(
+        c["cmd"] == "blpop" and "b" in c["flags"] and int(c["db"]) == db
+        for c in await redis.client_list()
+    )
 
 
 async def test_jobs_held_without_an_outcome_are_handed_back_when_the_worker_stops(

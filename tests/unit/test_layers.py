@@ -8,9 +8,7 @@ around a longer loop) fails the test, naming the loop.
 from __future__ import annotations
 
 import ast
-import functools
 import importlib.util
-import os
 import subprocess
 import sys
 import types
@@ -88,25 +86,6 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
 def test_the_loop_finder_finds_a_loop() -> None:
     assert _loop({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert _loop({"a": {"b"}, "b": set()}) is None
-
-
-@functools.cache
-def _imported_alone() -> dict[str, subprocess.CompletedProcess[str]]:
-    """Each module imported in a fresh interpreter of its own. The interpreters are
-    independent, so they run side by side, once for all the tests below."""
-
-    def run(name: str) -> subprocess.CompletedProcess[str]:
-        module = f"asyncjobs.{name}"
-        return subprocess.run(
-            [sys.executable, "-c", f"import importlib; importlib.import_module({module!r})"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    names = sorted(_modules())
-    with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 2)) as pool:
-        return dict(zip(names, pool.map(run, names), strict=True))
 
 
 def _import_alone(name: str) -> str | None:

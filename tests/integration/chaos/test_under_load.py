@@ -3,26 +3,34 @@ nothing is lost, each side effect happens once, and the worker carries on."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 
 from asyncjobs import App, Settings
 from asyncjobs._services import EmbeddedPostgres, EmbeddedRedis
 from asyncjobs.testing import WorkerProcess
-from tests.chaos.conftest import frozen_postgres
 from tests.chaosjobs import chaos_effect
 from tests.conftest import ROOT
+from tests.helpers import eventually, wait_for_event
+from tests.integration.chaos.conftest import frozen_postgres
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 ROWS = 300
 
 
-async def _done(conn: asyncpg.Connection) -> int:
-    return int(await conn.fetchval("SELECT count(*) FROM items WHERE done"))
+async def _done_at_least(conn: asyncpg.Connection, count: int) -> bool:
+    return int(await conn.fetchval("SELECT count(*) FROM items WHERE done")) >= count
+
+
+async def _running_at_least(server: EmbeddedRedis, count: int) -> bool:
+    """Whether ``count`` jobs are in progress (held by a worker) on ``server``."""
+    client = aioredis.from_url(server.url)
+    try:
+        return len(await client.keys("arq:in-progress:*")) >= count
+    finally:
+        await client.aclose()
 
 
 async def test_freeze_postgres_and_wipe_redis_mid_drain_nothing_lost_nothing_twice(
@@ -47,18 +55,18 @@ async def test_freeze_postgres_and_wipe_redis_mid_drain_nothing_lost_nothing_twi
             await app.migrate()
             with WorkerProcess(env, cwd=ROOT) as worker:
                 await app.enqueue_many(chaos_effect, range(ROWS))
-                deadline = time.monotonic() + 60
-                while await _done(conn) < ROWS // 4 and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
+                await eventually(lambda: _done_at_least(conn, ROWS // 4), within=60)
                 with frozen_postgres(own_postgres):
-                    await asyncio.sleep(2)
-                while await _done(conn) < ROWS // 2 and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
+                    # Frozen until the worker is stalled on it: every slot holds a job that
+                    # waits for PostgreSQL.
+                    await eventually(
+                        lambda: _running_at_least(own_redis, 20), what="the worker stalled"
+                    )
+                await eventually(lambda: _done_at_least(conn, ROWS // 2), within=60)
                 own_redis.stop()  # every queued job is gone with it
-                await asyncio.sleep(1)
+                await wait_for_event(worker, "redis.unavailable")  # the worker lost it
                 own_redis.start()  # same port, empty
-                while await _done(conn) < ROWS and time.monotonic() < deadline:
-                    await asyncio.sleep(0.1)
+                await eventually(lambda: _done_at_least(conn, ROWS), within=60)
                 assert worker.alive()
             effects = await conn.fetch("SELECT effects FROM items ORDER BY id")
     finally:

@@ -232,6 +232,9 @@ class ExecutionRequest:
     ctx: JobContext
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    skipped: bool = False
+    """Set by the kill switch's execution gate: this copy was not run. The run then ends
+    without a result and is neither a success (a retried dead letter stays) nor a failure."""
 
     @property
     def job_name(self) -> str:

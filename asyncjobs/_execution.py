@@ -171,7 +171,9 @@ class Outcome:
         except Exception as exc:
             await self._failed(request, about, exc, start)
         if spec.unique_for is not None and spec.unique_until == "success":
-            await release_unique(request, about)
+            await release_unique(request, about)  # a skipped copy frees it too: it is gone
+        if request.skipped:  # the kill switch's gate logged it; nothing ran to tidy after
+            return result
         await self._succeeded(request, about)
         _log.info(logs.JOB_SUCCEEDED, **about, duration_ms=_ms_since(start))
         return result

@@ -190,7 +190,16 @@ class FlagStore:
                 self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
 
     async def _flush_soon(self) -> None:
-        await asyncio.sleep(_FLUSH_AFTER_S)
+        try:
+            await asyncio.sleep(_FLUSH_AFTER_S)
+        except asyncio.CancelledError:
+            # close(), or the end of the event loop (asyncio.run cancels what is left, as
+            # in a script that enqueues once and exits): write what was counted first.
+            await self._flush_pending()
+            raise
+        await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
         if not self._counts:
             return
         try:

@@ -50,6 +50,7 @@ class _Gate:
         meter = request.app.instruments.job(request.spec.name)
         if isinstance(request, ExecutionRequest):
             about.update(job_id=request.job_id, job_try=request.job_try)
+            request.skipped = True
             meter.skipped(request.job_id)
         else:
             meter.rejected("flag")

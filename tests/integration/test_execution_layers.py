@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from arq.worker import Retry
+from structlog.testing import capture_logs
 
 from asyncjobs import App, Backoff, ExecutionRequest
 from asyncjobs._execution import (
@@ -19,6 +20,7 @@ from asyncjobs._execution import (
 )
 from asyncjobs._jobs import build_spec
 from asyncjobs._uniqueness import advisory_key, unique_key
+from asyncjobs.flags import execution_gate
 
 
 async def _job(ctx: dict[str, Any], n: int = 0) -> int:
@@ -127,3 +129,41 @@ async def test_the_lock_layer_runs_the_job_holding_its_lock_and_refuses_when_hel
         assert info.value.reason == "held"
     finally:
         await holder.close()
+
+
+async def test_a_copy_the_kill_switch_skips_keeps_its_dead_letter_and_is_no_success(
+    app: App, redis: aioredis.Redis
+) -> None:
+    """A dead letter retried while its job is stopped: the skipped copy did not run, so
+    the dead letter stays (a success would remove it) and no job.succeeded is logged."""
+    await app.migrate()
+    spec = _spec(max_tries=1)
+
+    async def fails(request: ExecutionRequest) -> None:
+        raise ValueError("for good")
+
+    with pytest.raises(ValueError, match="for good"):
+        await Outcome(spec, app)(_request(app, spec, {"redis": redis}), fails)
+    (letter,) = await app.dead.list()
+    await app.flags.enable(spec.flag, actor="test")
+    retried = _request(app, spec, {"redis": redis, "job_id": f"dead:{letter.id}:x"})
+
+    async def must_not_run(request: ExecutionRequest) -> None:
+        raise AssertionError("a stopped job ran")
+
+    with capture_logs() as events:
+        result = await Outcome(spec, app)(retried, lambda r: execution_gate(r, must_not_run))
+    assert result is None
+    assert retried.skipped
+    assert [e["event"] for e in events if e["event"].startswith("job.")] == ["job.skipped"]
+    assert [d.id for d in await app.dead.list()] == [letter.id]
+
+    await app.flags.disable(spec.flag, actor="test")
+    ran = _request(app, spec, {"redis": redis, "job_id": f"dead:{letter.id}:y"})
+    assert await Outcome(spec, app)(ran, lambda r: execution_gate(r, _invoke_job)) == 7
+    assert not ran.skipped
+    assert await app.dead.list() == []  # a retried dead letter that succeeds is removed
+
+
+async def _invoke_job(request: ExecutionRequest) -> Any:
+    return await request.spec.invoke(request.ctx, request.args, request.kwargs)

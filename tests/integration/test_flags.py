@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -187,6 +190,31 @@ async def test_rejections_are_counted_per_flag(migrated: App) -> None:
         3,
         0,
     )
+
+
+async def test_a_script_that_enqueues_once_and_exits_keeps_its_rejection_count(
+    migrated: App, worker_env: dict[str, str]
+) -> None:
+    """The README's one-liner: asyncio.run(asyncjobs.enqueue(...)) never closes the default
+    App, and its event loop ends right after; the count is written before it does."""
+    await migrated.flags.enable("disable_invoice_job")
+    script = (
+        "import asyncio, asyncjobs, tests.workerjobs as jobs\n"
+        "print(asyncio.run(asyncjobs.enqueue(jobs.InvoiceJob, 1)))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCJOBS_")}
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", script],
+        env={**env, **worker_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "None"), done.stderr
+    (flag,) = await migrated.flags.list()
+    assert (flag.name, flag.rejected) == ("disable_invoice_job", 1)
 
 
 def _fields(settings: Settings) -> dict[str, object]:

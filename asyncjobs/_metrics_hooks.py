@@ -86,11 +86,18 @@ class Health:
     ``stopping`` says whether the worker is winding down.
     """
 
-    __slots__ = ("full", "loop_at", "polled_at", "stopping", "window")
+    __slots__ = ("full", "loop_at", "polled_at", "redis_down_since", "stopping", "window")
 
-    def __init__(self, window: float, stopping: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        window: float,
+        stopping: Callable[[], bool],
+        redis_down_since: Callable[[], float | None] = lambda: None,
+    ) -> None:
         self.window = window
         self.stopping = stopping
+        self.redis_down_since = redis_down_since
+        """Since when the worker's Redis has been unreachable (``None``: it is not)."""
         self.loop_at: float | None = None
         """When the event loop last ran the health tick (``None``: not yet)."""
         self.polled_at: float | None = None

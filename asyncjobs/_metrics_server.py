@@ -138,6 +138,10 @@ class MetricsServer:
             return f"the event loop is blocked: no tick for {quiet:.1f}s (limit {health.window:g}s)"
         polled = health.polled_at
         if not health.full and polled is not None and now - polled > health.window:
+            if health.redis_down_since() is not None:
+                # Redis is down: the worker reconnects by itself, and a restart would not
+                # bring Redis back (logs and /metrics say redis.unavailable).
+                return None
             return (
                 f"the worker is not claiming: last claim or poll {now - polled:.1f}s ago "
                 f"(limit {health.window:g}s)"

@@ -185,7 +185,7 @@ class Worker:
         self._metrics = metrics
         # /healthz's window: when other workers would take this one for dead.
         window = max(self.heartbeat, self.poll_delay) * MISSED_BEATS
-        self.health = Health(window, self._stop.is_set)
+        self.health = Health(window, self._stop.is_set, lambda: self._retry.outage_since)
 
     # -- life --------------------------------------------------------------
 

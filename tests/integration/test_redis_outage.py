@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,9 +13,10 @@ import redis.asyncio as aioredis
 
 from asyncjobs import App, RedisUnavailableError, Settings
 from asyncjobs._services import EmbeddedRedis
-from asyncjobs.testing import WorkerProcess
+from asyncjobs.testing import WorkerProcess, free_port
 from tests.conftest import ROOT
 from tests.helpers import Nowhere, bounded, eventually, log_events, wait_for_event
+from tests.integration.test_metrics import aget, until_status
 from tests.workerjobs import record_args
 
 pytestmark = pytest.mark.slow
@@ -75,3 +77,35 @@ async def test_enqueues_fail_fast_during_an_outage_and_the_worker_resumes_after(
     assert sorted(ran) == sorted(f"after-{i}" for i in range(20))
     # The earlier runs were recorded in the Redis that was stopped (it kept nothing).
     assert len(log_events(worker.lines, "job.succeeded")) == 40
+
+
+async def test_healthz_stays_200_while_redis_is_down_and_the_worker_waits_for_it(
+    own_redis: EmbeddedRedis, worker_env: dict[str, str]
+) -> None:
+    """A Redis outage is no reason to restart a worker (a restart would not bring Redis
+    back): /healthz answers 200 through an outage several health windows long."""
+    port = free_port()
+    env = {
+        **worker_env,
+        "ASYNCJOBS_REDIS_URL": own_redis.url,
+        "ASYNCJOBS_METRICS_PORT": str(port),
+        "ASYNCJOBS_HEARTBEAT": "0.5",  # a health window of 1.5 s
+    }
+    window = 1.5
+    with WorkerProcess(env, cwd=ROOT) as worker:
+        assert await until_status(port, "/healthz", 200) == (200, "ok\n")
+        own_redis.stop()
+        await wait_for_event(worker, "redis.unavailable", within=30)
+        down_at = time.monotonic()
+        answers: list[tuple[int, str]] = []
+
+        async def outlasted_three_windows() -> bool:
+            answers.append(await aget(port, "/healthz"))
+            return time.monotonic() - down_at > 3 * window
+
+        await eventually(outlasted_three_windows, within=30, what="an outage of three windows")
+        assert worker.alive()
+        assert {status for status, _ in answers} == {200}, answers
+        own_redis.start()
+        await wait_for_event(worker, "redis.reconnected", within=30)
+        assert await until_status(port, "/healthz", 200) == (200, "ok\n")

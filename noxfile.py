@@ -84,12 +84,18 @@ def wheel(session: nox.Session) -> None:
         (sdist,) = out.glob("asyncjobs-*.tar.gz")
         (built,) = out.glob("asyncjobs-*.whl")
         names = set(zipfile.ZipFile(built).namelist())
-        wanted = {"asyncjobs/py.typed"} | {
-            f"asyncjobs/_schema/{p.name}" for p in (ROOT / "asyncjobs" / "_schema").glob("*.sql")
+        package = ROOT / "asyncjobs"
+        schema = {f"asyncjobs/_schema/{p.name}" for p in (package / "_schema").glob("*.sql")}
+        templates = {
+            f"asyncjobs/_web/templates/{p.name}" for p in (package / "_web/templates").glob("*")
         }
-        if len(wanted) < 2 or not wanted <= names:
-            session.error(f"{built.name} lacks {sorted(wanted - names) or 'schema/*.sql'}")
-        session.log(f"{sdist.name}, {built.name}: py.typed and {len(wanted) - 1} schema files")
+        wanted = {"asyncjobs/py.typed"} | schema | templates
+        if not schema or not templates or not wanted <= names:
+            session.error(f"{built.name} lacks {sorted(wanted - names) or 'schema or templates'}")
+        session.log(
+            f"{sdist.name}, {built.name}: py.typed, {len(schema)} schema files and "
+            f"{len(templates)} dashboard templates"
+        )
 
         session.run("python", "-m", "venv", str(venv))
         python = str(venv / "bin" / "python")
@@ -109,7 +115,10 @@ def wheel(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks against bare arq, same run; prints a table, writes bench-results.json."""
     # The tracing cases run the OpenTelemetry SDK (a real provider, batched exporter).
-    session.install("-e", ".[embedded,metrics,otel]", "opentelemetry-sdk>=1.20,<2")
+    # The web case renders the dashboard's pages (the web extra) through httpx.
+    session.install(
+        "-e", ".[embedded,metrics,otel,web]", "opentelemetry-sdk>=1.20,<2", "httpx>=0.27,<1"
+    )
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 

@@ -673,6 +673,51 @@ def dev(
                 os.remove(env_file)
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="A loopback address.")
+@click.option("--port", default=8089, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--read-only", is_flag=True, help="Show no actions; refuse every POST.")
+def web(host: str, port: int, read_only: bool) -> None:
+    """Serve the dashboard (needs asyncjobs[web]), without authentication: on a loopback
+    address only. Mount asyncjobs.web.dashboard(auth=...) in a web app to serve it further."""
+    import ipaddress
+
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise click.ClickException(
+                f"--host {host}: the standalone dashboard has no authentication, so it serves "
+                "on a loopback address only (127.0.0.1, ::1, localhost). To serve it further, "
+                "mount asyncjobs.web.dashboard(auth=...) in your web app."
+            )
+    try:
+        import uvicorn
+
+        from .web import dashboard
+    except ImportError as exc:
+        raise click.ClickException(str(exc).split("\n")[0]) from exc
+    app = _app()
+    pages = dashboard(app, read_only=read_only)
+    config = uvicorn.Config(pages, host=host, port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    mode = "read-only, " if read_only else ""
+    click.echo(
+        f"asyncjobs dashboard on http://{host}:{port}/ ({mode}no authentication: "
+        "listening on this machine only). Ctrl-C stops it."
+    )
+
+    async def serve() -> None:
+        try:
+            await server.serve()
+        finally:
+            await app.close()
+
+    _run(serve)
+
+
 def main() -> None:
     """The ``asyncjobs`` command: :func:`cli`, with every error said in one line.
 

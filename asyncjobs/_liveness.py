@@ -1,9 +1,10 @@
 """Worker liveness: registrations, heartbeats, and handing a dead worker's jobs back.
 
 Each worker process registers itself in Redis under ``asyncjobs:worker:<id>``
-(a hash: id, host, pid, queues, started, heartbeat, running job ids) and
-renews it every ``ASYNCJOBS_HEARTBEAT`` seconds (default 2); the hash expires
-after three missed beats. Its id is also in the set ``asyncjobs:workers``,
+(a hash: id, host, pid, queues, started, heartbeat, running job ids and when
+it started each) and renews it every ``ASYNCJOBS_HEARTBEAT`` seconds (default
+2); the hash expires after three missed beats. Its id is also in the set
+``asyncjobs:workers``,
 and the ids of the jobs it has claimed and not finished are in
 ``asyncjobs:worker-jobs:<id>``, which does not expire.
 
@@ -33,7 +34,8 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._claim import WORKER_JOBS_PREFIX, WORKER_PREFIX, WORKERS_KEY
@@ -69,12 +71,20 @@ class WorkerInfo:
     heartbeat: float
     running: tuple[str, ...]
     max_jobs: int
+    running_since: dict[str, float] = field(default_factory=dict)
+    """When the worker started each running job (Unix seconds), by job id."""
 
 
 def registration(
-    worker_id: str, queues: tuple[str, ...], started: float, running: list[str], max_jobs: int
+    worker_id: str,
+    queues: tuple[str, ...],
+    started: float,
+    running: list[str],
+    max_jobs: int,
+    since: Mapping[str, float] | None = None,
 ) -> dict[str, str]:
-    """The fields of a worker's registration hash, as strings."""
+    """The fields of a worker's registration hash, as strings; ``since`` maps the running
+    jobs' ids to when this worker started them (Unix seconds)."""
     host, pid, _ = worker_id.rsplit(":", 2)
     return {
         "id": worker_id,
@@ -85,6 +95,7 @@ def registration(
         "heartbeat": f"{time.time():.3f}",
         "running": json.dumps(running),
         "max_jobs": str(max_jobs),
+        "running_since": json.dumps({k: round(v, 3) for k, v in (since or {}).items()}),
     }
 
 
@@ -143,6 +154,7 @@ async def registered_workers(redis: Any) -> list[WorkerInfo]:
                 heartbeat=float(data.get("heartbeat", 0) or 0),
                 running=tuple(json.loads(data.get("running", "[]"))),
                 max_jobs=int(data.get("max_jobs", 0) or 0),
+                running_since=json.loads(data.get("running_since", "{}")),
             )
         )
     return sorted(found, key=lambda w: (w.started, w.id))

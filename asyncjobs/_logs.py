@@ -57,6 +57,7 @@ DATABASE_POOL_SMALL = "database.pool_small"
 MIGRATION_APPLIED = "migration.applied"
 RECONCILER_FINISHED = "reconciler.finished"
 RECONCILER_FAILED = "reconciler.failed"
+DASHBOARD_ACTION = "dashboard.action"
 TRACE_CONTEXT_INVALID = "trace.context_invalid"
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}

@@ -50,6 +50,11 @@ if TYPE_CHECKING:
 
 _log = structlog.get_logger("asyncjobs.reconcilers")
 
+LAST_RUN_PREFIX = "asyncjobs:reconciler:"
+"""``asyncjobs:reconciler:<name>``: the last finished run (a hash: at, rows, enqueued,
+duplicates, rejected, duration_ms), for the dashboard; kept a week."""
+LAST_RUN_TTL_S = 7 * 86400
+
 QueryFunction = Callable[[Any], Awaitable[Any]]
 """``async def query(ctx)``: ``ctx`` is the job's :class:`~asyncjobs._core.JobContext`."""
 
@@ -181,6 +186,7 @@ class Reconciler:
             duration_ms=round((time.perf_counter() - start) * 1000, 3),
         )
         app.instruments.reconciled(self.name, result.rows, result.enqueued)
+        await _remember(app, result)
         _log.info(
             logs.RECONCILER_FINISHED,
             reconciler=self.name,
@@ -233,6 +239,44 @@ class Reconciler:
         return arq_cron(
             coroutine, name=self.name, keep_result=keep, timeout=timeout, **self.schedule
         )
+
+
+async def _remember(app: Core, result: ReconcileResult) -> None:
+    """Keep the run's numbers for the dashboard; best effort (the run is done either way)."""
+    key = LAST_RUN_PREFIX + result.name
+    fields = {
+        "at": f"{time.time():.3f}",
+        "rows": result.rows,
+        "enqueued": result.enqueued,
+        "duplicates": result.duplicates,
+        "rejected": result.rejected,
+        "duration_ms": result.duration_ms,
+    }
+    try:
+        redis = await app.redis()
+        pipe = redis.pipeline(transaction=True)
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, LAST_RUN_TTL_S)
+        await pipe.execute()
+    except Exception as exc:  # Redis went away after the run: the log line has the numbers
+        _log.warning(logs.RECONCILER_FINISHED, reconciler=result.name, not_kept=repr(exc))
+
+
+async def last_runs(app: Core, names: list[str]) -> dict[str, dict[str, float]]:
+    """The last finished run of each of ``names`` that ran in the last week, by name."""
+    if not names:
+        return {}
+    redis = await app.redis()
+    pipe = redis.pipeline(transaction=False)
+    for name in names:
+        pipe.hgetall(LAST_RUN_PREFIX + name)
+    found = {}
+    for name, raw in zip(names, await pipe.execute(), strict=True):
+        if raw:
+            found[name] = {
+                (k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()
+            }
+    return found
 
 
 class ReconcilerRegistry:

@@ -221,15 +221,18 @@ class DeadLetters:
         )
         return int(new_id)
 
-    async def list(self, job: str | None = None, *, limit: int = 100) -> builtins.list[DeadLetter]:
-        """Dead letters, newest first; of one job if ``job`` is given."""
+    async def list(
+        self, job: str | None = None, *, limit: int = 100, offset: int = 0
+    ) -> builtins.list[DeadLetter]:
+        """Dead letters, newest first, from the ``offset``-th; of one job if ``job`` is given."""
         pool = await self._app.db()
         rows = await pool.fetch(
             f"SELECT {_COLUMNS} FROM asyncjobs.dead_letters "
             "WHERE $1::text IS NULL OR job_name = $1 ORDER BY last_failed_at DESC, id DESC "
-            "LIMIT $2",
+            "LIMIT $2 OFFSET $3",
             job,
             limit,
+            offset,
         )
         return [_row(r) for r in rows]
 

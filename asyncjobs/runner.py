@@ -45,6 +45,7 @@ from typing import Any
 import structlog
 
 from . import _logs as logs
+from . import _throughput as throughput
 from ._app import App
 from ._arq import (
     ABORT_SET,
@@ -157,6 +158,7 @@ class Worker:
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
         self.jobs_complete = self.jobs_failed = self.jobs_retried = self.jobs_cancelled = 0
+        self._counted = (0, 0)  # of jobs_complete, jobs_failed + jobs_retried: in Redis
         self._redis = redis
         self._own_redis = redis is None
         self._retry = retry if retry is not None else ReconnectingRetry()
@@ -168,6 +170,7 @@ class Worker:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._aborting: set[str] = set()
         self._names: dict[str, tuple[str, int]] = {}  # running job id -> (job name, try)
+        self._since: dict[str, float] = {}  # running job id -> when it started (Unix s)
         self._pending: list[Record] = []
         self._flush_lock = asyncio.Lock()
         self._have_pending = asyncio.Event()
@@ -321,6 +324,7 @@ class Worker:
         await asyncio.gather(*self._background, return_exceptions=True)
         try:
             async with asyncio.timeout(bound):
+                await self._count_finished()
                 if not self._pending:
                     await deregister(self.redis, self.id)
         except Exception as exc:  # Redis is gone: the registration expires by itself
@@ -384,6 +388,7 @@ class Worker:
                     continue
                 task = asyncio.create_task(self._execute(job), name=job.job_id)
                 self._running[job.job_id] = task
+                self._since[job.job_id] = time.time()
                 task.add_done_callback(self._job_done)
             if len(jobs) == want:
                 await asyncio.sleep(0)  # let what was claimed start before claiming more
@@ -409,6 +414,7 @@ class Worker:
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task.get_name(), None)
         self._names.pop(task.get_name(), None)
+        self._since.pop(task.get_name(), None)
         self._aborting.discard(task.get_name())
         self._slot_free.set()
 
@@ -732,7 +738,7 @@ class Worker:
 
     async def _beat(self, *, first: bool = False) -> None:
         fields = registration(
-            self.id, self.queues, self._started, list(self._running), self.max_jobs
+            self.id, self.queues, self._started, list(self._running), self.max_jobs, self._since
         )
         ttl_ms = round(self.heartbeat * MISSED_BEATS * 1000)
         existed = await beat(self.redis, self.id, fields, ttl_ms)
@@ -751,8 +757,26 @@ class Worker:
         pipe = self.redis.pipeline(transaction=False)
         for queue in self.queues:  # arq's health-check key, for `arq --check`
             pipe.psetex(queue + ":health-check", ttl_ms + 1000, info)
+        counted = self._finished_since_beat()
+        throughput.count(pipe, *counted)
         await pipe.execute()
+        self._counted = (self._counted[0] + counted[0], self._counted[1] + counted[1])
         await self._recover()
+
+    def _finished_since_beat(self) -> tuple[int, int]:
+        """Jobs succeeded and tries failed since the counts last reached Redis."""
+        failed = self.jobs_failed + self.jobs_retried
+        return self.jobs_complete - self._counted[0], failed - self._counted[1]
+
+    async def _count_finished(self) -> None:
+        """Add what finished since the last beat to the dashboard's per-minute counts."""
+        counted = self._finished_since_beat()
+        if counted == (0, 0):
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        throughput.count(pipe, *counted)
+        await pipe.execute()
+        self._counted = (self._counted[0] + counted[0], self._counted[1] + counted[1])
 
     async def _recover(self) -> None:
         reply = await self._scripts["recover"](keys=[WORKERS_KEY], args=[self.id])

@@ -610,7 +610,9 @@ CASES.update(
 )
 
 from benchmarks.tracing_cases import TRACING_CASES  # noqa: E402 -- they use the helpers above
+from benchmarks.web_cases import WEB_CASES  # noqa: E402 -- they use the helpers above
 from benchmarks.worker_cases import WORKER_CASES  # noqa: E402 -- they use the helpers above
 
 CASES.update(WORKER_CASES)
 CASES.update(TRACING_CASES)
+CASES.update(WEB_CASES)

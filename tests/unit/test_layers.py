@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncjobs
 
 PACKAGE = Path(asyncjobs.__file__).parent
-PUBLIC_MODULES = {"flags", "metrics", "runner", "serializer", "testing"}
+PUBLIC_MODULES = {"flags", "metrics", "runner", "serializer", "testing", "web"}
 
 
 def _modules() -> dict[str, Path]:

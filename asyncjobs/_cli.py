@@ -699,13 +699,14 @@ def web(host: str, port: int, read_only: bool) -> None:
         from .web import dashboard
     except ImportError as exc:
         raise click.ClickException(str(exc).split("\n")[0]) from exc
+    _check_port(host, port)
     app = _app()
     pages = dashboard(app, read_only=read_only)
     config = uvicorn.Config(pages, host=host, port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     mode = "read-only, " if read_only else ""
     click.echo(
-        f"asyncjobs dashboard on http://{host}:{port}/ ({mode}no authentication: "
+        f"asyncjobs dashboard on http://{_url_host(host)}:{port}/ ({mode}no authentication: "
         "listening on this machine only). Ctrl-C stops it."
     )
 
@@ -716,6 +717,29 @@ def web(host: str, port: int, read_only: bool) -> None:
             await app.close()
 
     _run(serve)
+
+
+def _check_port(host: str, port: int) -> None:
+    """A :class:`click.ClickException` naming ``--port`` if ``host:port`` cannot be bound
+    (taken, or not allowed), before anything says the dashboard is up."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        raise click.ClickException(
+            f"--port {port}: cannot listen on {_url_host(host)}:{port} ({exc.strerror or exc}); "
+            "pick another port"
+        ) from exc
+
+
+def _url_host(host: str) -> str:
+    """``host`` as it goes in a URL: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def main() -> None:

@@ -2,8 +2,10 @@
 
 Queue numbers and workers come from :func:`asyncjobs._status.read_redis` (as
 ``asyncjobs status`` and the metrics), flags and dead letters from their stores;
-a queue's page of jobs is one ``ZRANGE`` with offsets and one ``MGET`` of those
-jobs' payloads, so a page costs the same with ten jobs queued or ten million.
+a queue's page of jobs is one ``ZRANGE`` with offsets, one ``MGET`` of those
+jobs' payloads and try counts (``arq:retry:<id>``) and the live workers'
+registrations (which jobs are running), so a page costs the same with ten jobs
+queued or ten million.
 
 :class:`Outages` runs each read; a Redis or PostgreSQL that does not answer
 leaves that part ``None`` and is named in the page's banner instead of failing
@@ -14,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from .._arq import JOB_PREFIX, REDIS_UNAVAILABLE
+from .._arq import JOB_PREFIX, REDIS_UNAVAILABLE, RETRY_PREFIX
 from .._core import Core
 from .._exceptions import (
     AsyncJobsError,
@@ -52,7 +55,8 @@ class Outages:
             async with asyncio.timeout(self.app.settings.redis_timeout):
                 return await make()
         except (RedisUnavailableError, ConfigurationError, *REDIS_UNAVAILABLE) as exc:
-            self.down["Redis"] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            said = str(exc) if isinstance(exc, AsyncJobsError) else f"{type(exc).__name__}: {exc}"
+            self.down["Redis"] = reason("Redis", said if str(exc) else type(exc).__name__)
             return None
 
     async def postgres(self, make: Callable[[], Awaitable[T]]) -> T | None:
@@ -65,8 +69,36 @@ class Outages:
         except DATABASE_ERRORS as exc:
             if isinstance(exc, AsyncJobsError) and not about_database(exc):
                 raise
-            self.down["PostgreSQL"] = database_problem(exc)
+            self.down["PostgreSQL"] = reason("PostgreSQL", database_problem(exc))
             return None
+
+
+def reason(server: str, said: str) -> str:
+    """Why ``server`` could not be read, for a banner that already says "``server`` is
+    unreachable": ``Redis is unreachable (cause). Check ...`` becomes ``cause. Check ...``
+    (``cause (at url). Check ...`` when the message names where), with no final period."""
+    text = said.strip()
+    lead = re.match(rf"{re.escape(server)}(?: at (\S+))? is unreachable\s*", text)
+    if lead is not None:
+        text, where = text[lead.end() :], lead.group(1)
+        cause, rest = _bracketed(text)
+        if cause is not None:
+            text = cause.rstrip(". ") + (f" (at {where})" if where else "") + ". " + rest
+        elif where:
+            text = f"at {where}{': ' if text else ''}{text}"
+    return text.strip(" :.")
+
+
+def _bracketed(text: str) -> tuple[str | None, str]:
+    """``(cause) rest`` as ``(cause, rest)``; ``(None, text)`` if it does not open a bracket."""
+    if not text.startswith("("):
+        return None, text
+    depth = 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return text[1:i], text[i + 1 :].lstrip(" .")
+    return None, text
 
 
 def about_database(exc: AsyncJobsError) -> bool:
@@ -103,9 +135,12 @@ class QueuedJob:
     due: datetime
     job: str | None
     args: str
-    tries: int | None
+    tries: int
+    """The try it will run as: the tries claimed so far (``arq:retry:<id>``) plus one."""
     enqueued: datetime | None
     deferred: bool
+    running: bool = False
+    """Whether a live worker holds it (it stays in its queue while it runs)."""
 
 
 def _when_ms(ms: Any) -> datetime | None:
@@ -119,6 +154,24 @@ def describe_args(payload: dict[str, Any]) -> str:
     shown = [json.dumps(a, ensure_ascii=False) for a in args]
     shown += [f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in kwargs.items()]
     return ", ".join(shown)
+
+
+async def _payloads_and_tries(
+    redis: Any, ids: list[str]
+) -> list[tuple[dict[str, Any] | None, int]]:
+    """Each job's payload and claimed tries (``arq:retry:<id>``, 0 if none), in one ``MGET``."""
+    if not ids:
+        return []
+    raws = await redis.mget([JOB_PREFIX + i for i in ids] + [RETRY_PREFIX + i for i in ids])
+    found = []
+    for raw, claimed in zip(raws[: len(ids)], raws[len(ids) :], strict=True):
+        payload = _payload(raw)
+        text = claimed.decode() if isinstance(claimed, bytes) else str(claimed or "")
+        tries = int(text) if text.isdigit() else 0
+        if payload is not None and isinstance(payload.get("t"), int):
+            tries = max(tries, payload["t"] - 1)  # _job_try=n: its first run counts as try n
+        found.append((payload, tries))
+    return found
 
 
 def _payload(raw: bytes | None) -> dict[str, Any] | None:
@@ -139,11 +192,14 @@ async def queue_page(app: Core, queue: str, page: int) -> tuple[int, list[Queued
     pipe.zrange(queue, start, start + PAGE_SIZE - 1, withscores=True)
     size, entries = await pipe.execute()
     ids = [(m.decode() if isinstance(m, bytes) else str(m)) for m, _ in entries]
-    raws = await redis.mget([JOB_PREFIX + i for i in ids]) if ids else []
+    read = await _payloads_and_tries(redis, ids)
+    held = {i for w in await registered_workers(redis) for i in w.running} if ids else set()
     now = datetime.now(UTC)
     jobs = []
-    for (job_id, (_, score)), raw in zip(zip(ids, entries, strict=True), raws, strict=True):
-        payload = _payload(raw)
+    for (job_id, (_, score)), (payload, claimed) in zip(
+        zip(ids, entries, strict=True), read, strict=True
+    ):
+        running = job_id in held
         due = datetime.fromtimestamp(score / 1000, UTC)
         jobs.append(
             QueuedJob(
@@ -151,9 +207,10 @@ async def queue_page(app: Core, queue: str, page: int) -> tuple[int, list[Queued
                 due=due,
                 job=None if payload is None else str(payload.get("f")),
                 args="" if payload is None else describe_args(payload),
-                tries=None if payload is None else payload.get("t"),
+                tries=max(claimed, 1) if running else claimed + 1,
                 enqueued=None if payload is None else _when_ms(payload.get("et")),
-                deferred=due > now,
+                deferred=due > now and not running,
+                running=running,
             )
         )
     return int(size), jobs
@@ -166,7 +223,8 @@ class RunningJob:
     id: str
     job: str | None
     args: str
-    tries: int | None
+    tries: int
+    """The try it is on: the tries claimed so far (``arq:retry:<id>``, counted at the claim)."""
     worker: WorkerInfo
     started: datetime | None
     """When the worker started it, as of its last heartbeat (``None``: not said)."""
@@ -177,16 +235,15 @@ async def running_jobs(app: Core) -> list[RunningJob]:
     redis = await app.redis()
     workers = await registered_workers(redis)
     held = [(w, job_id) for w in workers for job_id in w.running]
-    raws = await redis.mget([JOB_PREFIX + i for _, i in held]) if held else []
+    read = await _payloads_and_tries(redis, [i for _, i in held])
     found = []
-    for (worker, job_id), raw in zip(held, raws, strict=True):
-        payload = _payload(raw)
+    for (worker, job_id), (payload, claimed) in zip(held, read, strict=True):
         found.append(
             RunningJob(
                 id=job_id,
                 job=None if payload is None else str(payload.get("f")),
                 args="" if payload is None else describe_args(payload),
-                tries=None if payload is None else payload.get("t"),
+                tries=max(claimed, 1),
                 worker=worker,
                 started=_when_ms(
                     None

@@ -6,7 +6,8 @@ without one), then for a POST the read-only refusal (403) and the CSRF check
 page saying what was wrong or not found). Reads go through
 :class:`~asyncjobs._web.reads.Outages`: a server that does not answer is named
 in a banner. A POST answers with a redirect (303) to the page it came from,
-carrying a one-line notice.
+carrying a one-line notice signed with the dashboard's key: a page shows only
+notices it can verify, so a link cannot plant one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -161,24 +163,20 @@ class Dashboard:
             try:
                 return await handler(self, view)
             except Problem as problem:
-                return self.render(
-                    view, "error.html", status=problem.status, message=problem.message
-                )
+                return self._error(view, problem.status, problem.message)
             except RedisUnavailableError as exc:  # an action that also writes to Redis
-                view.outages.down["Redis"] = str(exc)
-                return self.render(view, "error.html", status=503, message="Redis is unreachable.")
+                view.outages.down["Redis"] = reads.reason("Redis", str(exc))
+                return self._error(view, 503, "Redis is unreachable: nothing changed.")
             except ActionNotDone as exc:
-                return self.render(
-                    view,
-                    "error.html",
-                    status=503,
-                    message=f"{exc} is unreachable: nothing changed.",
-                )
+                return self._error(view, 503, f"{exc} is unreachable: nothing changed.")
 
         return run
 
     def render(self, view: View, template: str, *, status: int = 200, **context: Any) -> Response:
         """``template`` with the frame's context: base path, actor, token, banners, notice."""
+        notice = view.query("msg")
+        if not self.tokens.sealed(notice, view.query("sig")):  # a link may carry any ?msg=
+            notice = None
         html = self.env.get_template(template).render(
             base=view.base,
             actor=view.actor,
@@ -186,7 +184,8 @@ class Dashboard:
             read_only=self.read_only,
             authenticated=self.auth is not None,
             down=view.outages.down,
-            notice=view.query("msg"),
+            notice=notice,
+            acting=view.request.method == "POST",
             refresh_js=REFRESH_JS if status == 200 else None,
             path=view.request.url.path,
             **context,
@@ -203,13 +202,19 @@ class Dashboard:
             )
         return response
 
+    def _error(self, view: View, status: int, message: str) -> Response:
+        return self.render(
+            view, "error.html", status=status, title=_status(status), message=message
+        )
+
     def _plain(self, status: int, message: str) -> Response:
-        html = self.env.get_template("refused.html").render(status=status, message=message)
+        html = self.env.get_template("refused.html").render(title=_status(status), message=message)
         return HTMLResponse(html, status_code=status, headers=HEADERS)
 
     def done(self, view: View, to: str, message: str) -> Response:
         """The answer to a POST: back to ``to`` (a path under the dashboard) with a notice."""
-        return RedirectResponse(f"{view.base}{to}?{urlencode({'msg': message})}", 303)
+        query = urlencode({"msg": message, "sig": self.tokens.seal(message)})
+        return RedirectResponse(f"{view.base}{to}?{query}", 303)
 
     def audit(self, view: View, action: str, **about: Any) -> None:
         """Log a queue or dead-letter action with its actor."""
@@ -299,6 +304,8 @@ class Dashboard:
             raise Problem(404, f"no queue named {name!r}: no job names it and it holds no jobs")
         size, jobs = found if found is not None else (None, None)
         pages = None if size is None else max(1, -(-size // PAGE_SIZE))
+        if pages is not None and page > pages:
+            raise Problem(404, f"no page {page} of queue {name!r}: it has {_count(pages, 'page')}")
         return self.render(
             view, "queue.html", title=f"Queue {name}", queue=name, size=size, jobs=jobs,
             page=page, pages=pages,
@@ -372,10 +379,14 @@ class Dashboard:
         store = DeadLetters(self.app)
         done = await postgres_action(view.outages, lambda: store.retry_all(job))
         self.audit(view, "dead.retry_all", job_name=job, count=len(done))
-        return self.done(view, "/dead", f"{len(done)} dead letters retried")
+        return self.done(view, "/dead", f"{_count(len(done), 'dead letter')} retried")
 
     async def purge_dead(self, view: View) -> Response:
         if view.request.method == "GET":  # the confirmation step
+            if self.read_only:
+                return self._plain(
+                    403, "This dashboard is read-only: dead letters cannot be purged."
+                )
             job = view.job_filter()
             matching = await view.outages.postgres(lambda: DeadLetters(self.app).matching(job=job))
             return self.render(
@@ -388,7 +399,7 @@ class Dashboard:
         store = DeadLetters(self.app)
         count = await postgres_action(view.outages, lambda: store.purge(job=job))
         self.audit(view, "dead.purge", job_name=job, count=count)
-        return self.done(view, "/dead", f"{count} dead letters purged")
+        return self.done(view, "/dead", f"{_count(count, 'dead letter')} purged")
 
     async def reconcilers(self, view: View) -> Response:
         flags = await view.outages.postgres(self.app.flags.list)
@@ -515,6 +526,16 @@ def _options(spec: JobSpec) -> dict[str, Any]:
         "lock": "exclusive" if spec.exclusive else ("keyed" if spec.lock else "no"),
         "arguments": "redacted" if spec.redact_args else "kept",
     }
+
+
+def _status(code: int) -> str:
+    """``404 Not Found``: a page's title and heading for an answer that is not a 200."""
+    return f"{code} {HTTPStatus(code).phrase}"
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 dead letter``, ``2 dead letters``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _when(moment: datetime | None) -> str:

@@ -46,6 +46,15 @@ class Tokens:
         nonce, signature = token.split(".")
         return hmac.compare_digest(signature, self._sign(nonce))
 
+    def seal(self, notice: str) -> str:
+        """The signature a redirect carries with ``notice``, so that only notices this
+        dashboard issued are shown (anyone can put a ``?msg=`` in a link)."""
+        return self._sign(f"notice:{notice}")
+
+    def sealed(self, notice: str | None, seal: str | None) -> bool:
+        """Whether ``seal`` is :meth:`seal` of ``notice`` by this instance."""
+        return bool(notice and seal) and hmac.compare_digest(str(seal), self.seal(str(notice)))
+
     def matches(self, cookie: str | None, field: str | None) -> bool:
         """Whether a POST's form ``field`` and ``cookie`` hold the same valid token."""
         return (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -18,6 +19,8 @@ import redis.asyncio as aioredis
 import structlog
 
 from asyncjobs import App, Settings
+from asyncjobs._arq import RETRY_PREFIX
+from asyncjobs._liveness import beat, registration
 from asyncjobs._retries import DeadLetters
 from asyncjobs._throughput import minute_key
 from asyncjobs.runner import Worker
@@ -239,11 +242,59 @@ async def test_running_shows_the_job_a_live_worker_runs(
 
         page = await eventually(listed, within=15, what="the running job listed")
         assert "cancellable" in page
+        assert _try_cell(page, job.job_id) == "1"  # the worker counted its claim
+        queue = (await client.get(f"/queues/{app.settings.queue_name}")).text
+        assert _try_cell(queue, job.job_id) == "1"
+        assert 'class="running">running<' in _row(queue, job.job_id)
         assert "UTC" in page  # when the worker started it
         assert "1 / " in (await client.get("/")).text  # the worker alive, running one job
     finally:
         worker.stop(now=True)
         await asyncio.wait_for(running, 30)
+
+
+def _row(page: str, job_id: str) -> str:
+    """The cells of ``job_id``'s row in a queue or the Running page, after its id."""
+    row = re.search(rf"<tr><td><code>{re.escape(job_id)}</code></td>(.*?)</tr>", page, re.S)
+    assert row is not None, f"no row for {job_id}"
+    return row.group(1)
+
+
+def _try_cell(page: str, job_id: str) -> str:
+    """The Try cell of ``job_id``'s row (the fourth cell: id, job, arguments, try)."""
+    cells: list[str] = re.findall(r"<td[^>]*>(.*?)</td>", _row(page, job_id), re.S)
+    return cells[2]
+
+
+async def test_the_try_column_shows_the_try_a_queued_job_will_run_as(
+    app: App, client: httpx.AsyncClient, redis: aioredis.Redis
+) -> None:
+    fresh = await app.enqueue(billing_job, 1)
+    retried = await app.enqueue(billing_job, 2)
+    assert fresh
+    assert retried
+    await redis.set(RETRY_PREFIX + retried.job_id, 2)  # claimed twice, waiting for its third
+    page = (await client.get("/queues/billing")).text
+    assert _try_cell(page, fresh.job_id) == "1"
+    assert _try_cell(page, retried.job_id) == "3"
+    assert "the try each job will run as" in page.lower()
+
+
+async def test_a_job_a_live_worker_holds_is_marked_running_without_run_now(
+    app: App, client: httpx.AsyncClient, redis: aioredis.Redis
+) -> None:
+    held = await app.enqueue(billing_job, 1, _defer_by=3600)
+    waiting = await app.enqueue(billing_job, 2, _defer_by=3600)
+    assert held
+    assert waiting
+    fields = registration("host:123:abc", ("billing",), 0.0, [held.job_id], 4)
+    await beat(redis, "host:123:abc", fields, 60_000)
+    page = (await client.get("/queues/billing")).text
+    held_row, waiting_row = _row(page, held.job_id), _row(page, waiting.job_id)
+    assert 'class="running">running<' in held_row
+    assert "Run now" not in held_row
+    assert "running" not in waiting_row
+    assert "Run now" in waiting_row
 
 
 async def test_a_reconcilers_last_run_is_shown(app: App, client: httpx.AsyncClient) -> None:
@@ -290,7 +341,11 @@ async def test_auth_names_the_actor_and_refuses_with_401(app: App) -> None:
         return request.headers.get("x-operator")  # type: ignore[no-any-return]
 
     async with await _client(app, auth=auth) as client:
-        assert (await client.get("/")).status_code == 401
+        refused = await client.get("/")
+        assert refused.status_code == 401
+        assert "<title>401 Unauthorized · asyncjobs</title>" in refused.text
+        assert "<h1>401 Unauthorized</h1>" in refused.text
+        assert "<style>" in refused.text
         client.headers["x-operator"] = "alice"
         done = await _post(client, "/jobs", "/jobs/stamp/stop", reason="alice's reason")
         assert done.status_code == 303
@@ -306,6 +361,10 @@ async def test_read_only_shows_no_actions_and_refuses_posts(app: App) -> None:
         for page in ("/", "/jobs", "/jobs/stamp", "/queues/billing", "/dead", "/reconcilers"):
             html = (await client.get(page)).text
             assert 'method="post"' not in html, page
+        purge = await client.get("/dead/purge")
+        assert purge.status_code == 403
+        assert "read-only" in purge.text
+        assert "This deletes" not in purge.text
         client.cookies.set("asyncjobs_csrf", "x")
         refused = await client.post("/jobs/stamp/stop", data={"reason": "x", "csrf": "x"})
         assert refused.status_code == 403
@@ -344,6 +403,69 @@ async def test_bad_input_is_a_page_that_says_what(
     assert said in answer.text
 
 
+@pytest.mark.parametrize(
+    ("path", "heading"),
+    [
+        ("/jobs/no_such_job", "404 Not Found"),
+        ("/queues/billing?page=abc", "400 Bad Request"),
+        ("/no/such/page", "404 Not Found"),
+    ],
+)
+async def test_an_error_page_has_a_title_and_a_heading_with_its_status(
+    client: httpx.AsyncClient, path: str, heading: str
+) -> None:
+    html = (await client.get(path)).text
+    assert f"<title>{heading} · asyncjobs</title>" in html
+    assert f"<h1>{heading}</h1>" in html
+
+
+async def test_a_dead_letter_that_cannot_be_retried_is_a_409_page_saying_why(
+    app: App, client: httpx.AsyncClient
+) -> None:
+    dead_id = await DeadLetters(app).record(
+        job_name="echo", job_id="secret-1", queue=app.settings.queue_name, args=("pw",),
+        kwargs={}, redact=True, tries=1, exc=RuntimeError("no"), first_failed_at=None,
+    )  # fmt: skip
+    refused = await _post(client, "/dead", f"/dead/{dead_id}/retry")
+    assert refused.status_code == 409
+    assert "<h1>409 Conflict</h1>" in refused.text
+    assert "was redacted" in refused.text
+
+
+async def test_only_notices_the_dashboard_issued_are_shown(
+    app: App, client: httpx.AsyncClient
+) -> None:
+    planted = "Session expired, log in at http://evil.example"
+    for query in ({"msg": planted}, {"msg": planted, "sig": "0" * 32}):
+        page = (await client.get("/jobs", params=query)).text
+        assert "evil.example" not in page
+        assert 'class="notice"' not in page
+    done = await _post(client, "/jobs", "/jobs/stamp/stop", reason="bad data")
+    shown = (await client.get(done.headers["location"])).text
+    assert '<div class="notice" role="status">stamp stopped</div>' in shown
+
+
+async def test_empty_pages_say_so(app: App, client: httpx.AsyncClient) -> None:
+    assert "No flags yet." in (await client.get("/flags")).text
+    await app.enqueue(billing_job, 1)
+    past = await client.get("/queues/billing?page=999")
+    assert past.status_code == 404
+    assert "no page 999 of queue &#39;billing&#39;: it has 1 page" in past.text
+    nothing = (await client.get("/dead/purge?job=nope")).text
+    assert "Nothing to purge" in nothing
+    assert "Yes, purge" not in nothing
+
+
+async def test_counts_of_one_are_singular(app: App, client: httpx.AsyncClient) -> None:
+    await app.enqueue(billing_job, 1)
+    assert "1 job · page 1 of 1" in (await client.get("/queues/billing")).text
+    await _dead_letter(app, 1)
+    one = (await client.get("/dead/purge?job=echo")).text
+    assert "deletes <b>1</b> dead letter of" in one
+    retried = await _post(client, "/dead", "/dead/retry-all", job="echo")
+    assert "msg=1+dead+letter+retried" in retried.headers["location"]
+
+
 async def test_an_outage_is_a_banner_naming_the_server() -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     settings = Settings(
@@ -365,7 +487,8 @@ async def test_an_outage_is_a_banner_naming_the_server() -> None:
             answer = await client.get(page)
             assert answer.status_code == 200, page
             if page in ("/", "/queues/billing", "/running"):
-                assert "Redis is unreachable" in answer.text, page
+                assert answer.text.count("Redis is unreachable") == 1, page
+                assert "RedisUnavailableError" not in answer.text, page
             if page in ("/", "/dead", "/flags", "/jobs", "/reconcilers"):
                 assert "PostgreSQL is unreachable" in answer.text, page
         token = client.cookies["asyncjobs_csrf"]
@@ -378,6 +501,10 @@ async def test_an_outage_is_a_banner_naming_the_server() -> None:
             answer = await client.post(action, data={"csrf": token, "reason": "r"})
             assert answer.status_code == 503, action
             assert f"{server} is unreachable" in answer.text, action
+            assert "<h1>503 Service Unavailable</h1>" in answer.text, action
+            assert f"{server} is unreachable: nothing changed." in answer.text, action
+            assert ".." not in answer.text, action
+            assert "What it holds is not shown" not in answer.text, action
 
 
 async def test_asyncjobs_web_serves_the_dashboard_on_a_loopback_address(
@@ -404,6 +531,21 @@ async def test_asyncjobs_web_serves_the_dashboard_on_a_loopback_address(
         assert answer.status_code == 200
         assert "billing_job" in answer.text
         assert 'method="post"' not in answer.text
+
+
+def test_asyncjobs_web_on_a_taken_port_says_so_in_one_line() -> None:
+    for host, shown in (("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as taken:
+            taken.bind((host, 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            refused = cli("web", "--host", host, "--port", str(port),
+                          env={"ASYNCJOBS_REDIS_URL": "redis://x"})  # fmt: skip
+        assert refused.returncode == 1
+        assert refused.stdout == ""  # no "dashboard on" line first
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith(f"Error: --port {port}: cannot listen on {shown}:{port}")
 
 
 def test_asyncjobs_web_refuses_a_host_other_machines_reach() -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from asyncjobs._cli import _url_host
 from asyncjobs._throughput import Minute, count
+from asyncjobs._web.reads import reason
 from asyncjobs._web.routes import chart
 from asyncjobs._web.security import Tokens
 
@@ -54,3 +56,19 @@ def test_importing_asyncjobs_does_not_import_the_dashboard() -> None:
     code = "import sys, asyncjobs; print(sorted({'starlette', 'jinja2'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_an_ipv6_host_is_bracketed_in_the_dashboards_url() -> None:
+    assert _url_host("::1") == "[::1]"
+    assert _url_host("127.0.0.1") == "127.0.0.1"
+    assert _url_host("localhost") == "localhost"
+
+
+def test_a_banner_reason_does_not_repeat_that_the_server_is_unreachable() -> None:
+    said = "Redis is unreachable (ConnectionError: Error 111 (x).). Check that Redis is running."
+    assert reason("Redis", said) == "ConnectionError: Error 111 (x). Check that Redis is running"
+    said = "PostgreSQL at postgresql://h/db is unreachable (OSError: refused). Check it."
+    assert reason("PostgreSQL", said) == "OSError: refused (at postgresql://h/db). Check it"
+    assert reason("PostgreSQL", "check that PostgreSQL is running.") == (
+        "check that PostgreSQL is running"
+    )

@@ -36,6 +36,7 @@ worker hands the payload's context and the job's queue to this layer in the job'
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -69,6 +70,9 @@ _OPERATION_NAME = "messaging.operation.name"
 _JOB_TRY = "asyncjobs.job.try"
 _ERROR_TYPE = "error.type"
 
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+"""A version-00 W3C ``traceparent`` exactly as OpenTelemetry's propagator writes it."""
+
 _log = structlog.get_logger("asyncjobs.tracing")
 
 
@@ -91,6 +95,13 @@ class Tracing:
         self._status = trace.Status
         self._span_of = trace.get_current_span
         self._propagate = propagate
+        self._span_context, self._flags = trace.SpanContext, trace.TraceFlags
+        self._remote = trace.NonRecordingSpan
+        self._textmap: object = None
+        self._w3c = False
+        """Whether :attr:`_textmap`, the global propagator last seen, is OpenTelemetry's
+        default (W3C trace context, and baggage): then :meth:`parent` reads a plain
+        ``traceparent`` itself, as that propagator would, without its general parsing."""
 
     async def client_middleware(
         self, request: EnqueueRequest, call_next: Handler[EnqueueRequest]
@@ -142,6 +153,9 @@ class Tracing:
         if isinstance(carrier, dict):
             if not carrier:
                 return self.fresh
+            found = self._w3c_parent(carrier)
+            if found is not None:
+                return found
             try:
                 found = self._propagate.extract(carrier, context=self.fresh)
             except Exception as exc:  # a propagator given values it cannot read
@@ -163,11 +177,54 @@ class Tracing:
         )
         return self.fresh
 
+    def _w3c_parent(self, carrier: dict[Any, Any]) -> Context | None:
+        """The context of a carrier holding a well-formed version-00 ``traceparent`` and
+        nothing else (what a producer writes when it has no trace state or baggage to
+        carry), read as the default global propagator reads it; None for anything else,
+        which :meth:`parent` then hands to the propagator itself.
+
+        The worker reads one context per job, and the propagator's general path (a
+        composite of two, each parsing on its own) costs several times as much."""
+        textmap = self._propagate.get_global_textmap()
+        if textmap is not self._textmap:
+            self._textmap, self._w3c = textmap, _is_default_w3c(textmap)
+        if not self._w3c:
+            return None
+        header = carrier.get("traceparent")
+        if len(carrier) != 1 or not isinstance(header, str):
+            return None
+        match = _TRACEPARENT.fullmatch(header)
+        if match is None:
+            return None
+        trace_id, span_id = int(match[1], 16), int(match[2], 16)
+        if not trace_id or not span_id:
+            return None
+        span_context = self._span_context(
+            trace_id, span_id, is_remote=True, trace_flags=self._flags(int(match[3], 16))
+        )
+        return self.in_context(self._remote(span_context), self.fresh)
+
     def failed(self, span: Span, exc: BaseException) -> None:
         """Record ``exc`` on ``span``: its exception event, ``error.type``, status ERROR."""
         span.record_exception(exc)
         span.set_attribute(_ERROR_TYPE, type(exc).__qualname__)
         span.set_status(self._status(self._error, f"{type(exc).__name__}: {exc}"))
+
+
+def _is_default_w3c(textmap: object) -> bool:
+    """Whether ``textmap`` is OpenTelemetry's default global propagator: a composite of
+    exactly the W3C trace-context propagator and (optionally) the W3C baggage one."""
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    if type(textmap) is not CompositePropagator:
+        return False
+    kinds = [type(one) for one in getattr(textmap, "_propagators", None) or ()]
+    return kinds in (
+        [TraceContextTextMapPropagator, W3CBaggagePropagator],
+        [TraceContextTextMapPropagator],
+    )
 
 
 class _ProcessSpan:

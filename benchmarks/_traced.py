@@ -1,13 +1,16 @@
 """Child process for the tracing cases: the same work with tracing off and on.
 
 Usage:
-  python -m benchmarks._traced enqueue REDIS_URL DB_URL REPS {sdk|api}
-  python -m benchmarks._traced drain REDIS_URL DB_URL COUNT {off|sdk|api}
+  python -m benchmarks._traced enqueue REDIS_URL DB_URL REPS {sdk|sampled|api}
+  python -m benchmarks._traced drain REDIS_URL DB_URL COUNT {off|sdk|sampled|api}
 
 Tracing on with ``sdk`` means an OpenTelemetry SDK ``TracerProvider`` (every span
 sampled and recorded) with a ``BatchSpanProcessor`` whose exporter discards what it is
-given: all of the SDK's cost but the network. With ``api`` no provider is configured:
-the API's default, whose spans are no-ops (the context is still read and checked).
+given: all of the SDK's cost but the network. ``sampled`` is the same provider with the
+sampler a busy production service would set, ``ParentBased(TraceIdRatioBased(0.1))``:
+one trace in ten recorded (for ``drain``, one job in ten carries a sampled context).
+With ``api`` no provider is configured: the API's default, whose spans are no-ops (the
+context is still read and checked).
 ``enqueue`` times 2,000 sequential ``enqueue()``
 calls per run with each of two Apps, tracing off and on, alternating in chunks of 100,
 REPS runs; it prints {"off": [jobs/s ...], "on": [...]}. ``drain`` fills the queue with
@@ -34,8 +37,9 @@ SEQUENTIAL = 2000
 CHUNK = 100
 
 
-def _sdk() -> None:
-    """Make the SDK's provider, exporting to nowhere in batches, the global one."""
+def _sdk(sampled: bool = False) -> None:
+    """Make the SDK's provider, exporting to nowhere in batches, the global one; with
+    ``sampled``, one trace in ten recorded."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import (
@@ -48,19 +52,22 @@ def _sdk() -> None:
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    provider = TracerProvider()
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.1))) if sampled else None
+    provider = provider or TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(Discard()))
     trace.set_tracer_provider(provider)
 
 
 async def enqueue(
-    redis_url: str, database_url: str, reps: int, sdk: bool
+    redis_url: str, database_url: str, reps: int, side: str
 ) -> dict[str, list[float]]:
     import asyncjobs
     from benchmarks.benchjobs import noop
 
-    if sdk:
-        _sdk()
+    if side != "api":
+        _sdk(sampled=side == "sampled")
     settings = asyncjobs.Settings(
         redis_url=redis_url, database_url=database_url, log_level="error", flag_ttl=3600.0
     )
@@ -88,8 +95,9 @@ async def enqueue(
     return rates
 
 
-async def fill(url: str, count: int, traced: bool) -> None:
-    """COUNT no-op jobs in arq's format, with pipelines (not what is measured)."""
+async def fill(url: str, count: int, traced: bool, every: int = 1) -> None:
+    """COUNT no-op jobs in arq's format, with pipelines (not what is measured); when
+    ``traced``, each carries a trace context, sampled in one job of ``every``."""
     client = aioredis.from_url(url)
     await client.flushdb()
     now = int(time.time() * 1000)
@@ -100,21 +108,23 @@ async def fill(url: str, count: int, traced: bool) -> None:
             job_id = uuid4().hex
             data: dict[str, Any] = {"t": None, "f": "noop", "a": [n], "k": {}, "et": now}
             if traced:
-                data["trace"] = {"traceparent": f"00-{trace_id}-{job_id[:16]}-01"}
+                flags = "00" if n % every else "01"
+                data["trace"] = {"traceparent": f"00-{trace_id}-{job_id[:16]}-{flags}"}
             pipe.psetex("arq:job:" + job_id, 86_400_000, json.dumps(data).encode())
             pipe.zadd("arq:queue", {job_id: now})
         await pipe.execute()
     await client.aclose()
 
 
-def drain(redis_url: str, database_url: str, count: int, traced: bool, sdk: bool) -> dict[str, Any]:
-    asyncio.run(fill(redis_url, count, traced))
+def drain(redis_url: str, database_url: str, count: int, side: str) -> dict[str, Any]:
+    traced = side != "off"
+    asyncio.run(fill(redis_url, count, traced, every=10 if side == "sampled" else 1))
     os.environ["ASYNCJOBS_REDIS_URL"] = redis_url
     os.environ["ASYNCJOBS_DATABASE_URL"] = database_url
     os.environ["ASYNCJOBS_IMPORTS"] = "benchmarks.benchjobs"
     os.environ["ASYNCJOBS_TRACING"] = "true" if traced else "false"
-    if traced and sdk:
-        _sdk()
+    if side in ("sdk", "sampled"):
+        _sdk(sampled=side == "sampled")
     import asyncjobs
     from asyncjobs._worker import import_job_modules
     from asyncjobs.runner import Worker
@@ -128,11 +138,9 @@ def drain(redis_url: str, database_url: str, count: int, traced: bool, sdk: bool
 
 def main(argv: list[str]) -> None:
     if argv[0] == "enqueue":
-        result: dict[str, Any] = asyncio.run(
-            enqueue(argv[1], argv[2], int(argv[3]), sdk=argv[4] == "sdk")
-        )
+        result: dict[str, Any] = asyncio.run(enqueue(argv[1], argv[2], int(argv[3]), argv[4]))
     else:
-        result = drain(argv[1], argv[2], int(argv[3]), argv[4] != "off", sdk=argv[4] == "sdk")
+        result = drain(argv[1], argv[2], int(argv[3]), argv[4])
     print(json.dumps(result))
 
 

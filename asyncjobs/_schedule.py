@@ -23,6 +23,7 @@ What was chosen where the issue is silent:
 from __future__ import annotations
 
 import calendar
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -165,7 +166,7 @@ class Cron:
 
     def describe(self) -> str:
         """``cron minute=0,30 second=0 UTC``: the fields that are not "every value"."""
-        parts = [f"{name}={','.join(map(str, values))}" for name, values in self._narrowed()]
+        parts = [f"{name}={_compact(values)}" for name, values in self._narrowed()]
         return f"cron {' '.join(parts)} UTC"
 
     def next_after(self, moment: datetime) -> datetime:
@@ -192,6 +193,16 @@ class Cron:
         """Seconds between the next two runs from now."""
         first = self.next_after(datetime.now(UTC))
         return (self.next_after(first) - first).total_seconds()
+
+
+def _compact(values: list[int]) -> str:
+    """``0,30``; a run of three or more evenly spaced values as crontab writes it, ``0-58/2``
+    or ``9-17``."""
+    steps = {b - a for a, b in itertools.pairwise(values)}
+    if len(values) < 3 or len(steps) != 1:
+        return ",".join(map(str, values))
+    (step,) = steps
+    return f"{values[0]}-{values[-1]}" + ("" if step == 1 else f"/{step}")
 
 
 @dataclass(frozen=True, slots=True)

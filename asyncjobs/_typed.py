@@ -21,8 +21,10 @@ without options is always an error. :data:`EnqueueOptions` types the options of
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeAlias, TypedDict
+
+from ._jobs import Seconds
 
 if TYPE_CHECKING:
     import asyncpg
@@ -30,9 +32,6 @@ if TYPE_CHECKING:
     from ._jobs import JobSpec
 
 P = ParamSpec("P")
-
-Seconds = float | timedelta
-"""A duration option: seconds or a ``timedelta``."""
 
 
 class Performs(Protocol[P]):

@@ -36,12 +36,17 @@ class InvoiceJob:
 async def tick(ctx: Any) -> None: ...
 
 
+@asyncjobs.job(cron=asyncjobs.Cron(minute={0, 30}, weekday="mon"), max_tries=3)
+async def digest(ctx: Any) -> None: ...
+
+
 async def calls(app: asyncjobs.App) -> None:
     await send_welcome_email({}, 42)  # the decorated function is still itself
     await asyncjobs.enqueue(send_welcome_email, 42, locale="de")
     await app.enqueue(send_welcome_email, user_id=42)
     await asyncjobs.enqueue(InvoiceJob, 7)
     await asyncjobs.enqueue(tick)
+    await asyncjobs.enqueue(digest, _job_id="digest-now")
     await asyncjobs.enqueue("send_welcome_email", "by name: not checked")
     await asyncjobs.enqueue(send_welcome_email, 42, _defer_by=60, _job_id="w-42")
     await app.enqueue(send_welcome_email, 42, locale="de", _defer_until=datetime.now(UTC))

@@ -158,7 +158,10 @@ class App(Core):
         Returns arq's :class:`~arq.jobs.Job`, or ``None`` when a client middleware
         rejected the job or a job with the same ``_job_id`` exists. Raises an
         :class:`EnqueueError` subclass for a call that cannot be right (nothing is
-        written) and :class:`RedisUnavailableError` when Redis is unreachable.
+        written) and :class:`RedisUnavailableError` when Redis is unreachable. Type
+        checkers check ``args`` and ``kwargs`` against a job function's or class's own
+        signature when no ``_option`` is given (the overloads above; see
+        :mod:`asyncjobs._typed`).
         """
         return await _enqueue(self, job, *args, **kwargs)
 

@@ -47,6 +47,7 @@ from ._middleware import Middleware
 from ._naming import flag_name, snake_case
 from ._reconcilers import Reconciler, ReconcileResult, reconciler, stable_job_id
 from ._retries import DeadLetter
+from ._schedule import Cron
 from ._settings import Settings
 from ._version import __version__ as __version__
 from ._worker import WorkerSettings
@@ -59,6 +60,7 @@ __all__ = [
     "BulkStats",
     "CancelError",
     "ConfigurationError",
+    "Cron",
     "DatabaseUnavailableError",
     "DeadLetter",
     "DuplicateJobError",

@@ -17,9 +17,10 @@ and :func:`reset_app` forgets it (for tests).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Concatenate, Unpack, overload
 
 from ._arq import Job
 from ._bulk import BulkStats
@@ -38,6 +39,12 @@ from ._retries import DeadLetters
 from ._schema import migrate
 from ._settings import Settings
 from ._tracing import Tracing
+from ._typed import EnqueueOptions, JobRef, P, Performs, Seconds
+
+if TYPE_CHECKING:
+    from asyncpg import Connection
+
+    from ._jobs import JobSpec
 
 
 class App(Core):
@@ -93,6 +100,56 @@ class App(Core):
     ) -> None:
         await self.close()
 
+    @overload
+    async def enqueue(
+        self,
+        job: Callable[Concatenate[Any, P], Awaitable[Any]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Job | None: ...
+    @overload
+    async def enqueue(
+        self, job: type[Performs[P]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job | None: ...
+    @overload
+    async def enqueue(self, job: str | JobSpec, /, *args: Any, **kwargs: Any) -> Job | None: ...
+    @overload
+    async def enqueue(
+        self, job: JobRef, /, *args: Any, _job_id: str, **kwargs: Any
+    ) -> Job | None: ...
+    @overload
+    async def enqueue(
+        self, job: JobRef, /, *args: Any, _queue_name: str, **kwargs: Any
+    ) -> Job | None: ...
+    @overload
+    async def enqueue(
+        self, job: JobRef, /, *args: Any, _defer_until: datetime, **kwargs: Any
+    ) -> Job | None: ...
+    @overload
+    async def enqueue(
+        self, job: JobRef, /, *args: Any, _defer_by: Seconds, **kwargs: Any
+    ) -> Job | None: ...
+    @overload
+    async def enqueue(
+        self, job: JobRef, /, *args: Any, _expires: Seconds, **kwargs: Any
+    ) -> Job | None: ...
+    @overload
+    async def enqueue(
+        self, job: JobRef, /, *args: Any, _job_try: int, **kwargs: Any
+    ) -> Job | None: ...
+    @overload
+    async def enqueue(
+        self, job: JobRef, /, *args: Any, _jitter: Seconds, **kwargs: Any
+    ) -> Job | None: ...
+    @overload
+    async def enqueue(
+        self, job: JobRef, /, *args: Any, _jitter_min: Seconds, **kwargs: Any
+    ) -> Job | None: ...
+    @overload
+    async def enqueue(
+        self, job: JobRef, /, *args: Any, _connection: Connection | None, **kwargs: Any
+    ) -> Job | None: ...
     async def enqueue(self, job: Any, /, *args: Any, **kwargs: Any) -> Job | None:
         """Enqueue ``job`` (a decorated job or its name) with ``args`` and ``kwargs``.
 
@@ -101,7 +158,10 @@ class App(Core):
         Returns arq's :class:`~arq.jobs.Job`, or ``None`` when a client middleware
         rejected the job or a job with the same ``_job_id`` exists. Raises an
         :class:`EnqueueError` subclass for a call that cannot be right (nothing is
-        written) and :class:`RedisUnavailableError` when Redis is unreachable.
+        written) and :class:`RedisUnavailableError` when Redis is unreachable. Type
+        checkers check ``args`` and ``kwargs`` against a job function's or class's own
+        signature when no ``_option`` is given (the overloads above; see
+        :mod:`asyncjobs._typed`).
         """
         return await _enqueue(self, job, *args, **kwargs)
 
@@ -112,7 +172,7 @@ class App(Core):
         /,
         *,
         batch_size: int = 1000,
-        **options: Any,
+        **options: Unpack[EnqueueOptions],
     ) -> list[Job | None]:
         """Enqueue one ``job`` per item, ``batch_size`` per Redis round trip.
 
@@ -133,7 +193,7 @@ class App(Core):
         *,
         batch_size: int = 1000,
         stats: BulkStats | None = None,
-        **options: Any,
+        **options: Unpack[EnqueueOptions],
     ) -> AsyncIterator[list[Job | None]]:
         """Like :meth:`enqueue_many`, yielding each batch's results: memory stays bounded.
 
@@ -185,8 +245,40 @@ def reset_app() -> None:
     set_app(None)
 
 
+@overload
+async def enqueue(
+    job: Callable[Concatenate[Any, P], Awaitable[Any]], /, *args: P.args, **kwargs: P.kwargs
+) -> Job | None: ...
+@overload
+async def enqueue(job: type[Performs[P]], /, *args: P.args, **kwargs: P.kwargs) -> Job | None: ...
+@overload
+async def enqueue(job: str | JobSpec, /, *args: Any, **kwargs: Any) -> Job | None: ...
+@overload
+async def enqueue(job: JobRef, /, *args: Any, _job_id: str, **kwargs: Any) -> Job | None: ...
+@overload
+async def enqueue(job: JobRef, /, *args: Any, _queue_name: str, **kwargs: Any) -> Job | None: ...
+@overload
+async def enqueue(
+    job: JobRef, /, *args: Any, _defer_until: datetime, **kwargs: Any
+) -> Job | None: ...
+@overload
+async def enqueue(job: JobRef, /, *args: Any, _defer_by: Seconds, **kwargs: Any) -> Job | None: ...
+@overload
+async def enqueue(job: JobRef, /, *args: Any, _expires: Seconds, **kwargs: Any) -> Job | None: ...
+@overload
+async def enqueue(job: JobRef, /, *args: Any, _job_try: int, **kwargs: Any) -> Job | None: ...
+@overload
+async def enqueue(job: JobRef, /, *args: Any, _jitter: Seconds, **kwargs: Any) -> Job | None: ...
+@overload
+async def enqueue(
+    job: JobRef, /, *args: Any, _jitter_min: Seconds, **kwargs: Any
+) -> Job | None: ...
+@overload
+async def enqueue(
+    job: JobRef, /, *args: Any, _connection: Connection | None, **kwargs: Any
+) -> Job | None: ...
 async def enqueue(job: Any, /, *args: Any, **kwargs: Any) -> Job | None:
-    """:meth:`App.enqueue` on the default App."""
+    """:meth:`App.enqueue` on the default App (its arguments checked as there)."""
     return await get_app().enqueue(job, *args, **kwargs)
 
 
@@ -196,7 +288,7 @@ async def enqueue_many(
     /,
     *,
     batch_size: int = 1000,
-    **options: Any,
+    **options: Unpack[EnqueueOptions],
 ) -> list[Job | None]:
     """:meth:`App.enqueue_many` on the default App."""
     return await get_app().enqueue_many(job, items, batch_size=batch_size, **options)
@@ -208,7 +300,7 @@ def enqueue_stream(
     /,
     *,
     batch_size: int = 1000,
-    **options: Any,
+    **options: Unpack[EnqueueOptions],
 ) -> AsyncIterator[list[Job | None]]:
     """:meth:`App.enqueue_stream` on the default App."""
     return get_app().enqueue_stream(job, items, batch_size=batch_size, **options)

@@ -256,8 +256,9 @@ def _stopped_flags() -> dict[str, bool] | None:
 @jobs.command("list")
 @_json_option("the jobs")
 def jobs_list(as_json: bool) -> None:
-    """List the registered jobs with their queue, timeout and whether each is stopped."""
-    from ._status import job_record
+    """List the registered jobs with their queue, timeout and whether each is stopped; a
+    scheduled job's schedule and next run on a line below it."""
+    from ._status import iso, job_record, job_schedule
 
     app = _app()
     registry = app.registry
@@ -277,6 +278,9 @@ def jobs_list(as_json: bool) -> None:
         click.echo(
             f"{spec.name:28} {queue:12} {timeout:>8}  {state:8} {spec.flag:34} {spec.origin}"
         )
+        schedule, next_run = job_schedule(spec)
+        if next_run is not None:
+            click.echo(f"{'':28} {schedule}, next run {iso(next_run)}")
     if stopped is None:
         click.echo("(state unknown: ASYNCJOBS_DATABASE_URL is not set)")
 

@@ -12,6 +12,7 @@ from typing import Any, TypeVar, overload
 from ._backoff import BackoffPolicy
 from ._exceptions import AsyncJobsError, DuplicateJobError, JobDefinitionError, UnknownJobError
 from ._naming import STOP_FLAG_PREFIX, is_valid_job_name, snake_case
+from ._schedule import Cron, Schedule, make_schedule
 
 T = TypeVar("T")
 SPEC_ATTRIBUTE = "__asyncjobs_job__"
@@ -85,6 +86,7 @@ class JobSpec:
     exclusive: bool = False
     on_locked: str = "redefer"
     lock_retry: float = 1.0
+    schedule: Schedule | None = None
 
     @property
     def flag(self) -> str:
@@ -153,7 +155,7 @@ def build_spec(  # noqa: C901 -- one check per @job option, each with its own me
     queue: str | None = None,
     timeout: Seconds | None = None,
     keep_result: Seconds | None = None,
-    max_tries: int = 25,
+    max_tries: int | None = None,
     backoff: Any = None,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     give_up_on: type[BaseException] | tuple[type[BaseException], ...] = (),
@@ -165,8 +167,14 @@ def build_spec(  # noqa: C901 -- one check per @job option, each with its own me
     exclusive: bool = False,
     on_locked: str = "redefer",
     lock_retry: Seconds = 1.0,
+    cron: Cron | None = None,
+    every: Seconds | None = None,
 ) -> JobSpec:
-    """Validate ``target`` and build its :class:`JobSpec` (does not register it)."""
+    """Validate ``target`` and build its :class:`JobSpec` (does not register it).
+
+    ``max_tries`` defaults to 25, or to 1 for a scheduled job (``cron``/``every``),
+    whose next run is its retry.
+    """
     origin = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', target)}"
     if inspect.isclass(target):
         perform = getattr(target, "perform", None)
@@ -196,6 +204,18 @@ def build_spec(  # noqa: C901 -- one check per @job option, each with its own me
         )
     if queue is not None and (not isinstance(queue, str) or not queue):
         raise JobDefinitionError(f"queue of {origin} must be a non-empty string")
+    schedule = None
+    if cron is not None or every is not None:
+        schedule = make_schedule(cron, every, origin)
+        try:
+            signature.bind()
+        except TypeError:
+            raise JobDefinitionError(
+                f"{origin} is a scheduled job, so it must run without arguments: "
+                f"its parameters {signature} need defaults"
+            ) from None
+    if max_tries is None:
+        max_tries = 25 if schedule is None else 1
     if not isinstance(max_tries, int) or isinstance(max_tries, bool) or max_tries < 1:
         raise JobDefinitionError(f"max_tries of {origin} must be a whole number from 1")
     if backoff is not None and not callable(getattr(backoff, "delay", None)):
@@ -248,6 +268,7 @@ def build_spec(  # noqa: C901 -- one check per @job option, each with its own me
         exclusive=bool(exclusive),
         on_locked=on_locked,
         lock_retry=lock_retry_s,
+        schedule=schedule,
     )
 
 
@@ -343,6 +364,8 @@ JOB_OPTIONS = frozenset(
         "exclusive",
         "on_locked",
         "lock_retry",
+        "cron",
+        "every",
     }
 )
 
@@ -361,7 +384,7 @@ def job(
     queue: str | None = None,
     timeout: Seconds | None = None,
     keep_result: Seconds | None = None,
-    max_tries: int = 25,
+    max_tries: int | None = None,
     backoff: Any = None,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     give_up_on: type[BaseException] | tuple[type[BaseException], ...] = (),
@@ -373,6 +396,8 @@ def job(
     exclusive: bool = False,
     on_locked: str = "redefer",
     lock_retry: Seconds = 1.0,
+    cron: Cron | None = None,
+    every: Seconds | None = None,
     registry: Registry | None = None,
 ) -> Callable[[T], T]: ...
 
@@ -389,7 +414,9 @@ def job(target: Any = None, /, *, registry: Registry | None = None, **options: A
     arguments in the job's dead letter), see :mod:`asyncjobs._retries`; and
     uniqueness and exclusivity: ``unique_for``, ``unique_until``, ``unique_key``,
     ``lock``, ``exclusive``, ``on_locked``, ``lock_retry``, see
-    :mod:`asyncjobs._uniqueness`. The decorated
+    :mod:`asyncjobs._uniqueness`; and a schedule: ``cron=asyncjobs.Cron(...)`` or
+    ``every=timedelta(...)`` runs the job (which then takes no arguments) once per
+    period across all workers, see :mod:`asyncjobs._schedule`. The decorated
     object is returned unchanged, so it can still be called directly in tests.
     Raises :class:`JobDefinitionError` for something that cannot be a job and
     :class:`DuplicateJobError` for a taken name.

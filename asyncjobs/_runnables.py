@@ -1,10 +1,10 @@
 """What a worker runs, and how each run ends, as the records its finish script writes.
 
-:func:`runnables` turns an App's registry and reconcilers into the jobs a worker can
-run (each through the execution path, with arq's limits); :func:`decode_payload`
-reads a claimed payload (JSON only, checked for arq's shape); :class:`JobEnd` and
-:class:`Record` turn an outcome into a :data:`~asyncjobs._claim.FINISH_LUA` record,
-with arq's result record when the result is kept.
+:func:`runnables` turns an App's registry (scheduled jobs too) and reconcilers into the
+jobs a worker can run (each through the execution path, with arq's limits);
+:func:`decode_payload` reads a claimed payload (JSON only, checked for arq's shape);
+:class:`JobEnd` and :class:`Record` turn an outcome into a
+:data:`~asyncjobs._claim.FINISH_LUA` record, with arq's result record when the result is kept.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ._core import JobContext
 from ._enqueue import TRACE_CONTEXT_KEY
 from ._execution import executor, job_timeout
 from ._jobs import JobSpec
+from ._schedule import ScheduledRun
 
 CRON_KEEP_IN_PROGRESS_MS = 60_000
 """arq keeps a finished cron job's in-progress key this long, so no worker runs it twice."""
@@ -39,23 +40,48 @@ class Runnable:
     max_tries: int | None = None
     keep_result_ms: int = 0
     keep_in_progress_ms: int = 0
-    cron: CronJob | None = None
+    cron: CronJob | ScheduledRun | None = None
     timeout_s: float = 0.0
 
 
 def runnables(app: App, extra_cron: Sequence[CronJob] = ()) -> dict[str, Runnable]:
-    """Every job of ``app``'s registry (through the execution wrapper), its reconcilers
-    (as arq cron jobs) and ``extra_cron`` (arq cron jobs of a settings subclass, run bare)."""
+    """Every job of ``app``'s registry (through the execution wrapper), its scheduled jobs
+    and reconcilers (on the cron loop, through the same wrapper, without dead letters: their
+    next period is their retry) and ``extra_cron`` (arq cron jobs of a settings subclass, run
+    bare)."""
     settings = app.settings
-    scheduled = {rec.name for rec in app.reconcilers}
+    reconciled = {rec.name for rec in app.reconcilers}
     found: dict[str, Runnable] = {}
 
     def keep(seconds: float | None) -> int:
         value = settings.keep_result if seconds is None else seconds
         return round(value * 1000)
 
+    def on_schedule(
+        spec: JobSpec, cron: CronJob | ScheduledRun, run: Callable[..., Awaitable[Any]]
+    ) -> Runnable:
+        timeout = job_timeout(spec, app)
+        return Runnable(
+            cron.name,
+            run,
+            spec,
+            timeout_s=timeout,
+            max_tries=None,  # the wrapper counts the tries against the job's max_tries
+            keep_result_ms=keep(cron.keep_result_s),
+            keep_in_progress_ms=CRON_KEEP_IN_PROGRESS_MS,
+            cron=cron,
+        )
+
     for spec in app.registry:
-        if spec.name in scheduled:
+        if spec.name in reconciled:
+            continue
+        if spec.schedule is not None:
+            # A run's result is kept for two periods at least, so that another worker's
+            # write of the same run (same job id) is refused, as for reconcilers.
+            period = spec.schedule.period_hint()
+            kept = max(60.0, 2 * period, spec.keep_result or 0.0)
+            run = ScheduledRun(spec.name, spec.schedule, spec.queue, keep_result_s=kept)
+            found[spec.name] = on_schedule(spec, run, executor(spec, app, dead_letters=False))
             continue
         exclusive = spec.lock is not None or spec.exclusive
         found[spec.name] = Runnable(
@@ -70,16 +96,7 @@ def runnables(app: App, extra_cron: Sequence[CronJob] = ()) -> dict[str, Runnabl
         )
     for rec in app.reconcilers:
         cron = rec.cron_job(executor(rec.spec, app, dead_letters=False), job_timeout(rec.spec, app))
-        found[cron.name] = Runnable(
-            cron.name,
-            cron.coroutine,
-            rec.spec,
-            timeout_s=job_timeout(rec.spec, app),
-            max_tries=None,
-            keep_result_ms=keep(cron.keep_result_s),
-            keep_in_progress_ms=CRON_KEEP_IN_PROGRESS_MS,
-            cron=cron,
-        )
+        found[cron.name] = on_schedule(rec.spec, cron, cron.coroutine)
     for cron in extra_cron:
         seconds = cron.timeout_s or settings.job_timeout
         found[cron.name] = Runnable(

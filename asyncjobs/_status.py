@@ -381,8 +381,10 @@ async def snapshot(app: App) -> Status:
 
 def job_record(spec: JobSpec, queue: str, states: Mapping[str, bool] | None) -> dict[str, Any]:
     """A registered job (``jobs list``): ``name``, ``queue``, ``timeout_s``, ``stopped``,
-    ``flag``, ``origin``. ``states`` maps flag names to whether they are on (``None``:
-    unknown, so ``stopped`` is ``null``)."""
+    ``flag``, ``origin``, ``schedule`` and ``next_run`` (a scheduled job's, else ``null``).
+    ``states`` maps flag names to whether they are on (``None``: unknown, so ``stopped`` is
+    ``null``)."""
+    schedule, next_run = job_schedule(spec)
     return {
         "name": spec.name,
         "queue": queue,
@@ -390,7 +392,17 @@ def job_record(spec: JobSpec, queue: str, states: Mapping[str, bool] | None) -> 
         "stopped": _stopped(spec.flag, states),
         "flag": spec.flag,
         "origin": spec.origin,
+        "schedule": schedule,
+        "next_run": None if next_run is None else iso(next_run),
     }
+
+
+def job_schedule(spec: JobSpec, now: datetime | None = None) -> tuple[str | None, datetime | None]:
+    """A scheduled job's schedule, for people, and its next run after ``now`` (default: now);
+    ``(None, None)`` for a job without one."""
+    if spec.schedule is None:
+        return None, None
+    return spec.schedule.describe(), spec.schedule.next_after(now or datetime.now(UTC))
 
 
 def flag_record(flag: Flag, job_names: frozenset[str]) -> dict[str, Any]:

@@ -17,7 +17,8 @@ start each as a task, collect outcomes and write them back in one Lua call
 per batch; when the queues are empty, block on the wake-up lists (polling
 every ``ASYNCJOBS_POLL_DELAY`` at most). A heartbeat task renews the
 worker's registration and hands dead workers' jobs back
-(:mod:`asyncjobs._liveness`); a cron task enqueues the reconcilers' runs.
+(:mod:`asyncjobs._liveness`); a cron task enqueues the runs of the reconcilers and
+of the scheduled jobs (:mod:`asyncjobs._schedule`).
 
 Stopping: SIGTERM or SIGINT stops claiming, lets running jobs finish for up
 to ``ASYNCJOBS_SHUTDOWN_GRACE`` seconds, then cancels the rest and hands them
@@ -94,6 +95,7 @@ from ._runnables import (
     default_queues,
     runnables,
 )
+from ._schedule import ScheduledRun
 from ._uniqueness import release, unique_key
 
 _log = structlog.get_logger("asyncjobs.worker")
@@ -836,10 +838,11 @@ class Worker:
                 job_id = cron.job_id or f"{cron.name}:{run_ms}"
                 score = max(run_ms, now_ms)
                 payload = serialize_job(cron.name, (), {}, None, now_ms)
+                queue = cron.queue if isinstance(cron, ScheduledRun) else None
                 due.append(
                     Prepared(
                         job_id,
-                        self.app.settings.queue_name,
+                        queue or self.app.settings.queue_name,
                         score,
                         score - now_ms + EXPIRES_EXTRA_MS,
                         payload,

@@ -194,6 +194,8 @@ async def _the_json_lists_match(app: App, env: dict[str, str]) -> None:
         "stopped": False,
         "flag": "disable_count_once",
         "origin": "tests.corejobs.count_once",
+        "schedule": None,
+        "next_run": None,
     }
     assert jobs["stamp"]["stopped"] is True
     assert jobs["pending_rows"]["stopped"] is True

@@ -50,7 +50,7 @@ async def test_a_frozen_postgres_bounds_enqueues_and_the_execution_gate(
             await eventually(
                 lambda: app.flags.cached("disable_count_run") is None, what="the snapshot is stale"
             )
-            results = []
+            results: list[Any] = []
             deadline = time.monotonic() + 3  # a freeze of 3 s at least
             while time.monotonic() < deadline:
                 async with bounded(FLAG_TIMEOUT + MARGIN, "an enqueue, bounded by the flags'"):

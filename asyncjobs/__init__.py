@@ -16,6 +16,7 @@ from ._app import (
     get_app,
     reset_app,
     set_app,
+    with_options,
 )
 from ._backoff import Backoff
 from ._bulk import Args, BulkStats
@@ -101,4 +102,5 @@ __all__ = [
     "set_app",
     "snake_case",
     "stable_job_id",
+    "with_options",
 ]

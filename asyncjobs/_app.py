@@ -29,6 +29,7 @@ from ._bulk import enqueue_stream as _enqueue_stream
 from ._cancel import CancelResult
 from ._cancel import cancel as _cancel
 from ._core import Core, EnqueueRequest, ExecutionRequest
+from ._exceptions import InvalidOptionError
 from ._enqueue import enqueue as _enqueue
 from ._gates import execution_gate
 from ._gates import kill_switch as _kill_switch
@@ -165,6 +166,11 @@ class App(Core):
         """
         return await _enqueue(self, job, *args, **kwargs)
 
+    def with_options(self, **options: Unpack[EnqueueOptions]) -> WithOptions:
+        """A handle whose ``enqueue(job, *args, **kwargs)`` enqueues on this App with these
+        ``_options``; type checkers check ``args`` and ``kwargs`` against the job."""
+        return WithOptions(self, options)
+
     async def enqueue_many(
         self,
         job: Any,
@@ -280,6 +286,51 @@ async def enqueue(
 async def enqueue(job: Any, /, *args: Any, **kwargs: Any) -> Job | None:
     """:meth:`App.enqueue` on the default App (its arguments checked as there)."""
     return await get_app().enqueue(job, *args, **kwargs)
+
+
+class WithOptions:
+    """Enqueue with ``_options`` given beforehand, so that type checkers check the job's
+    own arguments as well: ``await asyncjobs.with_options(_defer_by=60).enqueue(job, 42)``.
+
+    A call to :func:`enqueue` that passes an ``_option`` has the option's type checked but
+    not the job's arguments (a ``ParamSpec`` takes no extra keywords, PEP 612); through
+    this handle both are. At run time it is the same :meth:`App.enqueue` call."""
+
+    __slots__ = ("_app", "_options")
+
+    def __init__(self, app: App | None, options: EnqueueOptions) -> None:
+        self._app, self._options = app, options
+
+    @overload
+    async def enqueue(
+        self,
+        job: Callable[Concatenate[Any, P], Awaitable[Any]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Job | None: ...
+    @overload
+    async def enqueue(
+        self, job: type[Performs[P]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job | None: ...
+    @overload
+    async def enqueue(self, job: str | JobSpec, /, *args: Any, **kwargs: Any) -> Job | None: ...
+    async def enqueue(self, job: Any, /, *args: Any, **kwargs: Any) -> Job | None:
+        """:meth:`App.enqueue` with these options (given twice: :class:`InvalidOptionError`)."""
+        twice = sorted(set(kwargs) & set(self._options))
+        if twice:
+            raise InvalidOptionError(
+                f"{', '.join(twice)} given both to with_options() and to enqueue(): give "
+                "each option once"
+            )
+        app = self._app or get_app()
+        return await app.enqueue(job, *args, **kwargs, **self._options)
+
+
+def with_options(**options: Unpack[EnqueueOptions]) -> WithOptions:
+    """A handle whose ``enqueue(job, *args, **kwargs)`` enqueues on the default App with
+    these ``_options``; type checkers check ``args`` and ``kwargs`` against the job."""
+    return WithOptions(None, options)
 
 
 async def enqueue_many(

@@ -8,7 +8,8 @@
 3. a job name (``str``) or a :class:`~asyncjobs.JobSpec`: not checked (the runtime
    check, :class:`~asyncjobs.JobArgumentsError`, still applies);
 4. a call with one or more of enqueue's ``_options`` (``_defer_by=`` ...): the options'
-   types are checked, the job's arguments are not.
+   types are checked, the job's arguments are not; ``with_options(_defer_by=...)``
+   takes the options first, and its ``enqueue(job, ...)`` checks the arguments as 1-3.
 
 Why 4 cannot check both: a ``ParamSpec``'s ``*args: P.args, **kwargs: P.kwargs`` take
 no further keyword parameters (PEP 612), so no signature says "the job's parameters

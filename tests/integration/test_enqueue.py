@@ -53,6 +53,25 @@ async def test_duplicate_job_id_returns_none_and_keeps_the_first(
     assert json.loads(await redis.get("arq:job:invoice-42"))["a"] == [1, None][:1]
 
 
+async def test_with_options_enqueues_with_the_options_given_beforehand(
+    app: App, redis: aioredis.Redis
+) -> None:
+    before = time.time() * 1000
+    job = await app.with_options(_job_id="welcome-42", _defer_by=90).enqueue(
+        record_args, 42, note="hi"
+    )
+    assert job is not None
+    assert job.job_id == "welcome-42"
+    payload = json.loads(await redis.get("arq:job:welcome-42"))
+    assert (payload["a"], payload["k"]) == ([42], {"note": "hi"})
+    score = await redis.zscore("arq:queue", "welcome-42")
+    assert score is not None
+    assert score >= before + 90_000
+    with pytest.raises(asyncjobs.InvalidOptionError, match="_job_id given both"):
+        await app.with_options(_job_id="a").enqueue(record_args, 1, _job_id="b")
+    assert await redis.zcard("arq:queue") == 1
+
+
 async def test_deferred_and_expiring_jobs_get_arqs_score_and_ttl(
     app: App, redis: aioredis.Redis
 ) -> None:

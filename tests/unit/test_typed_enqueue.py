@@ -56,6 +56,8 @@ async def calls(app: asyncjobs.App) -> None:
     await asyncjobs.enqueue_many(send_welcome_email, [(1,), (2,)], _jitter=timedelta(minutes=5))
     async for _ in app.enqueue_stream(InvoiceJob, range(3), batch_size=2, _defer_by=1.5):
         pass
+    await asyncjobs.with_options(_defer_by=60).enqueue(send_welcome_email, 42, locale="de")
+    await app.with_options(_job_id="i-7", _queue_name="urgent").enqueue(InvoiceJob, 7)
     await asyncjobs.enqueue(send_welcome_email, "42")  # E: a str for user_id: int
     await asyncjobs.enqueue(send_welcome_email)  # E: user_id missing
     await app.enqueue(send_welcome_email, 42, loc="de")  # E: no parameter loc
@@ -66,6 +68,9 @@ async def calls(app: asyncjobs.App) -> None:
     await asyncjobs.enqueue(send_welcome_email, 42, _defer=60)  # E: no option _defer
     await asyncjobs.enqueue_many(send_welcome_email, [(1,)], _defer=5)  # E: no option _defer
     await asyncjobs.enqueue_many(send_welcome_email, [(1,)], locale="de")  # E: not an option
+    await asyncjobs.with_options(_defer_by=60).enqueue(send_welcome_email, "42")  # E: a str
+    await app.with_options(_job_id="i-7").enqueue(InvoiceJob)  # E: invoice_id missing
+    asyncjobs.with_options(_defer_by="soon")  # E: not seconds
 """
 
 

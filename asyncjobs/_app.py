@@ -29,8 +29,8 @@ from ._bulk import enqueue_stream as _enqueue_stream
 from ._cancel import CancelResult
 from ._cancel import cancel as _cancel
 from ._core import Core, EnqueueRequest, ExecutionRequest
-from ._exceptions import InvalidOptionError
 from ._enqueue import enqueue as _enqueue
+from ._exceptions import InvalidOptionError
 from ._gates import execution_gate
 from ._gates import kill_switch as _kill_switch
 from ._jobs import Registry, default_registry

@@ -487,4 +487,5 @@ def probe_sentinels(address: SentinelURL, timeout: float) -> tuple[str, int]:
         known = known or state is not None
         if state and state["is_master"] and not (state["is_sdown"] or state["is_odown"]):
             return str(state["ip"]), int(state["port"])
-    raise ConfigurationError("ASYNCJOBS_REDIS_URL: " + _no_master(address, errors, known) + ".")
+    said = _no_master(address, errors, known)
+    raise ConfigurationError(said[0].upper() + said[1:] + ".")

@@ -378,26 +378,33 @@ _ONE_TRY = RedisRetry(NoBackoff(), 0)
 
 
 class SentinelMasterConnection(SentinelManagedConnection):
-    """A connection to the master the Sentinels name, asked again at every connect.
+    """A connection to the master the Sentinels name, asked again at every attempt.
 
-    A connect is one attempt at the address the Sentinels give now. redis-py's
-    ``Connection.connect`` retries with the connection's retry policy, which for the
-    worker is :class:`ReconnectingRetry` (endless once connected): it would dial the
-    dead master's address forever and never ask the Sentinels again. Here that loop
-    is one try, and retrying is left to the command's retry, whose next connect asks
-    the Sentinels anew; a write refused as READONLY (a demoted master) disconnects,
-    as redis-py's Sentinel connection does.
+    Each attempt to connect asks the Sentinels for the master's address and dials it
+    once; the connection's retry policy repeats whole attempts (for the worker,
+    :class:`ReconnectingRetry`: until Redis is back, as with a plain URL). redis-py's
+    own Sentinel connection runs ``Connection.connect`` inside its attempts, which
+    retries with that same policy: endlessly, at the dead master's address, never
+    asking the Sentinels again. A write refused as READONLY (a demoted master)
+    disconnects, as in redis-py's.
     """
 
     async def connect(self) -> None:
         if self.is_connected:
             return
+        await self.retry.call_with_retry(self._connect_once, _no_cleanup)
+
+    async def _connect_once(self) -> None:
         self.host, self.port = await self.connection_pool.get_master_address()
         retry, self.retry = self.retry, _ONE_TRY
         try:
             await Connection.connect(self)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         finally:
             self.retry = retry
+
+
+async def _no_cleanup(error: BaseException) -> None:
+    """A failed connect leaves nothing to undo (redis-py disconnected it)."""
 
 
 class Sentinels(Sentinel):

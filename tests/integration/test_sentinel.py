@@ -137,6 +137,10 @@ async def test_master_killed_under_a_producer_and_a_worker_both_carry_on_and_no_
             assert 'role="alert"' not in page.text
             assert worker.alive()
             assert log_events(worker.lines, "worker.stopped") == []
+            # It stops cleanly too: arq's own client (arq's Sentinel mode) follows the
+            # new master for its last writes.
+            assert worker.stop() == 0, worker.output[-3000:]
+        assert log_events(worker.lines, "worker.stopped")
         effects = await pool.fetchval("SELECT count(DISTINCT database_id) FROM effects")
         rows = await pool.fetchval("SELECT count(*) FROM databases")
     assert effects == rows == len(producer.outcomes)

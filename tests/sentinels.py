@@ -43,6 +43,8 @@ class SentinelSet:
     """Master, replica and Sentinels under ``directory``; a context manager."""
 
     directory: Path
+    password: str | None = None
+    """The master's and the replica's (``requirepass``); the Sentinels have none."""
     master_port: int = field(default_factory=free_port)
     servers: list[_Server] = field(default_factory=list)
 
@@ -53,7 +55,8 @@ class SentinelSet:
     def url(self, db: int = 0, service: str = SERVICE) -> str:
         """``ASYNCJOBS_REDIS_URL`` for this set: every Sentinel, the service, the database."""
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
-        return f"redis+sentinel://{hosts}/{service}/{db}"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis+sentinel://{auth}{hosts}/{service}/{db}"
 
     def start(self, *, within: float = 30.0) -> SentinelSet:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -69,6 +72,7 @@ class SentinelSet:
                 f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
                 f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n"
                 f"sentinel parallel-syncs {SERVICE} 1\n"
+                + (f"sentinel auth-pass {SERVICE} {self.password}\n" if self.password else "")
             )
             self._spawn(f"sentinel-{i}", port, [str(conf), "--sentinel"])
         _wait(self._ready, within, "every Sentinel to know the replica and the others")
@@ -77,6 +81,8 @@ class SentinelSet:
     def _redis(self, name: str, port: int, *extra: str) -> None:
         args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         args += ["--dir", str(self.directory), "--logfile", str(self.directory / f"{name}.log")]
+        if self.password:
+            args += ["--requirepass", self.password, "--masterauth", self.password]
         self._spawn(name, port, [*args, *extra])
 
     def _spawn(self, name: str, port: int, args: list[str]) -> None:

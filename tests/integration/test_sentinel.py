@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow
 REC = pending_rows.__asyncjobs_reconciler__  # type: ignore[attr-defined]
 TIMEOUT = 1.0
 """ASYNCJOBS_REDIS_TIMEOUT of the producer under test."""
+PASSWORD = "s3cret"
 
 
 @pytest.fixture
@@ -149,7 +150,7 @@ async def test_master_killed_under_a_producer_and_a_worker_both_carry_on_and_no_
 def _dashboard(app: App) -> httpx.AsyncClient:
     from asyncjobs.web import dashboard
 
-    transport = httpx.ASGITransport(app=dashboard(app))  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=dashboard(app))
     return httpx.AsyncClient(transport=transport, base_url="http://dash.test")
 
 
@@ -202,23 +203,31 @@ def test_no_reachable_sentinel_is_one_line_naming_the_setting_from_the_cli_and_t
 
 
 async def test_an_unknown_service_is_one_line_naming_the_setting_and_the_fix(
-    sentinels: SentinelSet,
+    tmp_path: Path,
 ) -> None:
+    with SentinelSet(tmp_path / "sentinel", password=PASSWORD) as sentinels:
+        await _unknown_service_then_the_right_one(sentinels)
+
+
+async def _unknown_service_then_the_right_one(sentinels: SentinelSet) -> None:
     url = sentinels.url(service="no-such-service")
     for said in _refused_by_cli_and_worker({"ASYNCJOBS_REDIS_URL": url}):
         assert "monitor no service named 'no-such-service'" in said, said
         assert "fix the service name in ASYNCJOBS_REDIS_URL" in said, said
+        assert PASSWORD not in said
 
     # The dashboard says the same in its banner.
     async with App(Settings(redis_url=url)) as app, _dashboard(app) as web:
         page = await web.get("/")
     assert page.status_code == 200
     assert "monitor no service named &#39;no-such-service&#39;" in page.text
+    assert PASSWORD not in page.text
 
-    # The right name, from the same Sentinels, reaches the master's database 3.
+    # The right name, from the same Sentinels, reaches the master's database 3 with the
+    # URL's password.
     async with App(Settings(redis_url=sentinels.url(db=3))) as app:
         await (await app.redis()).set("written", "through the Sentinels")
-    client = aioredis.Redis(port=sentinels.master_port, db=3)
+    client = aioredis.Redis(port=sentinels.master_port, db=3, password=sentinels.password)
     try:
         assert await client.get("written") == b"through the Sentinels"
     finally:

@@ -14,7 +14,10 @@ against the real thing:
   the ``on_startup`` hand-over in :mod:`asyncjobs._worker`);
 - redis-py's retry loop (:class:`ReconnectingRetry` overrides it and reads its
   backoff) and its raw pooled connections, on which the enqueue sends commands
-  packed here in Redis's wire format (:func:`bulk_string`, :class:`RawCommand`).
+  packed here in Redis's wire format (:func:`bulk_string`, :class:`RawCommand`);
+- redis-py's Sentinel client, for ``redis+sentinel://`` URLs: every client above
+  is built on a pool that asks the Sentinels for the master at each new
+  connection (:class:`SentinelMasterConnection`, :func:`producer_pool`).
 """
 
 from __future__ import annotations
@@ -41,15 +44,25 @@ from arq.jobs import Job, JobStatus, serialize_result
 from arq.typing import WorkerCoroutine
 from arq.utils import ms_to_datetime, timestamp_ms, to_unix_ms
 from arq.worker import Function, Retry, func
+from redis import Redis as BlockingRedis
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry as RedisRetry
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import _logs as logs
+from ._exceptions import ConfigurationError
+from ._redis_url import SentinelURL, parse_sentinel_url
 from .serializer import deserialize, serialize
 
 __all__ = [
@@ -81,6 +94,8 @@ __all__ = [
     "func",
     "ms_to_datetime",
     "once_client",
+    "probe_sentinels",
+    "producer_pool",
     "timestamp_ms",
     "to_unix_ms",
 ]
@@ -281,8 +296,25 @@ class RedisConfig(Protocol):
 
 
 def redis_settings(settings: RedisConfig, retry: RedisRetry | None = None) -> RedisSettings:
-    """arq's RedisSettings for ``settings.redis_url``, failing fast at startup."""
-    rs = RedisSettings.from_dsn(settings.require_redis_url())
+    """arq's RedisSettings for ``settings.redis_url``, failing fast at startup.
+
+    For a Sentinel URL, arq's own Sentinel mode: it serves arq's ``Worker`` for its
+    start and stop only (arq drops the retry settings there); the worker's loop runs
+    on :func:`worker_redis`'s client.
+    """
+    url = settings.require_redis_url()
+    sentinel = parse_sentinel_url(url)
+    if sentinel is None:
+        rs = RedisSettings.from_dsn(url)
+    else:
+        rs = RedisSettings(
+            host=list(sentinel.sentinels),
+            sentinel=True,
+            sentinel_master=sentinel.service,
+            database=sentinel.db,
+            username=sentinel.username,
+            password=sentinel.password,
+        )
     rs.conn_timeout = max(1, round(settings.redis_timeout))
     rs.conn_retries = 0
     rs.retry = retry
@@ -290,20 +322,177 @@ def redis_settings(settings: RedisConfig, retry: RedisRetry | None = None) -> Re
     return rs
 
 
+def producer_pool(url: str, connect_timeout: float) -> ConnectionPool:
+    """The connection pool for ``url`` whose connects give up after ``connect_timeout``
+    seconds: a plain pool, or, for a Sentinel URL, one that asks the Sentinels."""
+    sentinel = parse_sentinel_url(url)
+    if sentinel is None:
+        return ConnectionPool.from_url(url, socket_connect_timeout=connect_timeout)
+    return SentinelPool(sentinel, connect_timeout)
+
+
 def once_client(settings: RedisConfig) -> Redis:
     """A client whose commands are sent once, never again after a lost reply (redis-py's
     default): for calls that must not run twice, such as a claim."""
-    client: Redis = Redis.from_url(
-        settings.require_redis_url(), socket_connect_timeout=max(1.0, settings.redis_timeout)
-    )
-    return client
+    timeout = max(1.0, settings.redis_timeout)
+    return Redis(connection_pool=producer_pool(settings.require_redis_url(), timeout))
 
 
 async def worker_redis(settings: RedisConfig, retry: ReconnectingRetry) -> ArqRedis:
-    """The worker's Redis client: arq's pool with asyncjobs' JSON and ``retry``."""
-    return await create_pool(
-        redis_settings(settings, retry),
+    """The worker's Redis client: arq's pool with asyncjobs' JSON and ``retry``.
+
+    For a Sentinel URL, a pool of :class:`SentinelMasterConnection` carrying
+    ``retry`` (arq's Sentinel mode would drop it): each reconnect asks the Sentinels.
+    """
+    sentinel = parse_sentinel_url(settings.require_redis_url())
+    if sentinel is None:
+        return await create_pool(
+            redis_settings(settings, retry),
+            job_serializer=serialize,
+            job_deserializer=deserialize,
+            default_queue_name=settings.queue_name,
+        )
+    pool = SentinelPool(
+        sentinel,
+        max(1.0, settings.redis_timeout),
+        retry=retry,
+        retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
+    )
+    redis = ArqRedis(
+        pool,
         job_serializer=serialize,
         job_deserializer=deserialize,
         default_queue_name=settings.queue_name,
     )
+    try:
+        await redis.ping()  # fails fast: ``retry`` retries only once connected
+    except BaseException:
+        await redis.aclose(close_connection_pool=True)
+        raise
+    return redis
+
+
+# -- Redis Sentinel ----------------------------------------------------------
+
+_ONE_TRY = RedisRetry(NoBackoff(), 0)
+
+
+class SentinelMasterConnection(SentinelManagedConnection):
+    """A connection to the master the Sentinels name, asked again at every attempt.
+
+    Each attempt to connect asks the Sentinels for the master's address and dials it
+    once; the connection's retry policy repeats whole attempts (for the worker,
+    :class:`ReconnectingRetry`: until Redis is back, as with a plain URL). redis-py's
+    own Sentinel connection runs ``Connection.connect`` inside its attempts, which
+    retries with that same policy: endlessly, at the dead master's address, never
+    asking the Sentinels again. A write refused as READONLY (a demoted master)
+    disconnects, as in redis-py's.
+    """
+
+    async def connect(self) -> None:
+        if self.is_connected:
+            return
+        await self.retry.call_with_retry(self._connect_once, _no_cleanup)
+
+    async def _connect_once(self) -> None:
+        self.host, self.port = await self.connection_pool.get_master_address()
+        retry, self.retry = self.retry, _ONE_TRY
+        try:
+            await Connection.connect(self)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        finally:
+            self.retry = retry
+
+
+async def _no_cleanup(error: BaseException) -> None:
+    """A failed connect leaves nothing to undo (redis-py disconnected it)."""
+
+
+class Sentinels(Sentinel):
+    """redis-py's Sentinel client, whose error says what is wrong: no Sentinel answered,
+    none knows the service, or its master is down (a failover under way)."""
+
+    def __init__(self, address: SentinelURL, timeout: float) -> None:
+        bound = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+        super().__init__(list(address.sentinels), sentinel_kwargs=bound)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        self.address = address
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        errors: list[BaseException] = []
+        known = False
+        for i, sentinel in enumerate(self.sentinels):
+            try:
+                masters = await sentinel.sentinel_masters()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            except REDIS_UNAVAILABLE as exc:
+                errors.append(exc)
+                continue
+            state = masters.get(service_name)
+            known = known or state is not None
+            if state and self.check_master_state(state, service_name):
+                # As redis-py: the Sentinel that answered is asked first next time.
+                self.sentinels[0], self.sentinels[i] = sentinel, self.sentinels[0]
+                return str(state["ip"]), int(state["port"])
+        raise MasterNotFoundError(_no_master(self.address, errors, known))
+
+
+class SentinelPool(SentinelConnectionPool):
+    """The master's connections, found through ``address``'s Sentinels; connects give up
+    after ``connect_timeout`` seconds. Closing the pool closes the Sentinels' connections."""
+
+    def __init__(self, address: SentinelURL, connect_timeout: float, **kwargs: Any) -> None:
+        super().__init__(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            address.service,
+            Sentinels(address, connect_timeout),
+            connection_class=SentinelMasterConnection,
+            db=address.db,
+            username=address.username,
+            password=address.password,
+            socket_connect_timeout=connect_timeout,
+            **kwargs,
+        )
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # closing (a new master disconnects the idle ones only)
+            for sentinel in self.sentinel_manager.sentinels:
+                await sentinel.connection_pool.disconnect()
+
+
+def _no_master(address: SentinelURL, errors: list[BaseException], known: bool) -> str:
+    hosts, service = address.hosts(), address.service
+    if len(errors) == len(address.sentinels):
+        first = errors[0]
+        return (
+            f"no Redis Sentinel answered at {hosts} ({type(first).__name__}: {first}); "
+            "check the Sentinels' hosts and ports in ASYNCJOBS_REDIS_URL and that they run"
+        )
+    if not known:
+        return (
+            f"the Redis Sentinels at {hosts} monitor no service named {service!r}; fix the "
+            "service name in ASYNCJOBS_REDIS_URL (SENTINEL MASTERS on a Sentinel lists them)"
+        )
+    return (
+        f"the Redis Sentinels at {hosts} see the master of {service!r} down "
+        "(a failover may be under way)"
+    )
+
+
+def probe_sentinels(address: SentinelURL, timeout: float) -> tuple[str, int]:
+    """The master's address, asked of ``address``'s Sentinels without an event loop (a
+    worker's start), or a :class:`ConfigurationError` saying what to fix."""
+    errors: list[BaseException] = []
+    known = False
+    for host, port in address.sentinels:
+        client = BlockingRedis(host, port, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            masters = client.sentinel_masters()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        except REDIS_UNAVAILABLE as exc:
+            errors.append(exc)
+            continue
+        finally:
+            client.close()
+        state = masters.get(address.service)
+        known = known or state is not None
+        if state and state["is_master"] and not (state["is_sdown"] or state["is_odown"]):
+            return str(state["ip"]), int(state["port"])
+    said = _no_master(address, errors, known)
+    raise ConfigurationError(said[0].upper() + said[1:] + ".")

@@ -24,7 +24,7 @@ import asyncpg
 import structlog
 
 from . import _logs as logs
-from ._arq import ArqRedis, AsyncScript, ConnectionPool
+from ._arq import ArqRedis, AsyncScript, producer_pool
 from ._exceptions import DatabaseUnavailableError
 from ._flags import FlagStore
 from ._jobs import JobSpec, Registry
@@ -68,13 +68,14 @@ class Core:
 
         Its connect timeout is ``settings.redis_timeout``; reads are bounded per call
         (``asyncio.timeout``) by the features, so a dead Redis fails an enqueue quickly
-        instead of hanging a web handler.
+        instead of hanging a web handler. With a ``redis+sentinel://`` URL each new
+        connection goes to the master the Sentinels name at that moment.
         """
         if self._redis is None:
             url = self.settings.require_redis_url()
             timeout = self.settings.redis_timeout
             # Not a socket read timeout: that would wrap every read in a timeout context.
-            pool = ConnectionPool.from_url(url, socket_connect_timeout=timeout)
+            pool = producer_pool(url, timeout)
             self._redis = ArqRedis(
                 pool,
                 job_serializer=serialize,

@@ -9,10 +9,11 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from ._exceptions import ConfigurationError
+from ._redis_url import SentinelURL, parse_sentinel_url
 
 PREFIX = "ASYNCJOBS_"
 
-_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel"})
 _POSTGRES_SCHEMES = frozenset({"postgres", "postgresql"})
 _LOG_FORMATS = frozenset({"auto", "json", "console"})
 _LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
@@ -37,7 +38,12 @@ class Settings:
     that only enqueues needs no database URL.
     """
 
-    redis_url: str | None = _env("REDIS_URL", None, "Redis URL, e.g. redis://localhost:6379/0")
+    redis_url: str | None = _env(
+        "REDIS_URL",
+        None,
+        "Redis URL, e.g. redis://localhost:6379/0, or Redis Sentinel's: "
+        "redis+sentinel://host1:26379,host2:26379/<service>/<db>",
+    )
     database_url: str | None = _env(
         "DATABASE_URL", None, "PostgreSQL URL, e.g. postgresql://user@localhost:5432/app"
     )
@@ -115,7 +121,8 @@ class Settings:
     log_level: str = _env("LOG_LEVEL", "info", "debug, info, warning or error (default info)")
 
     def __post_init__(self) -> None:  # noqa: C901 -- one check per setting, each naming its variable
-        if self.redis_url is not None:
+        # A Sentinel URL is checked by reading it (a malformed one raises).
+        if self.redis_url is not None and parse_sentinel_url(self.redis_url) is None:
             _check_url(self.redis_url, _REDIS_SCHEMES, PREFIX + "REDIS_URL", "redis://host:6379/0")
         if self.database_url is not None:
             _check_url(
@@ -174,6 +181,13 @@ class Settings:
                 continue
             values[f.name] = _parse(f.name, raw.strip(), f.metadata["env"])
         return cls(**values)
+
+    @property
+    def redis_sentinel(self) -> SentinelURL | None:
+        """The Sentinels, service and database of a ``redis+sentinel://`` URL, else ``None``."""
+        if self.redis_url is None:
+            return None
+        return parse_sentinel_url(self.redis_url)
 
     def require_redis_url(self) -> str:
         """The Redis URL, or a :class:`ConfigurationError` saying how to set one."""

@@ -37,7 +37,9 @@ from ._arq import (
     ReconnectingRetry,
     RedisSettings,
     func,
+    probe_sentinels,
     redis_settings,
+    worker_redis,
 )
 from ._exceptions import ConfigurationError
 from ._metrics_server import MetricsServer, open_server
@@ -48,19 +50,26 @@ from .serializer import deserialize, serialize
 _log = structlog.get_logger("asyncjobs.worker")
 
 
-def _probe(url: str, timeout: float) -> None:
-    """Fail at once, with advice, when nothing listens at a TCP Redis URL."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return
-    host, port = parts.hostname or "localhost", parts.port or 6379
+def _probe(settings: Settings) -> None:
+    """Fail at once, with advice, when nothing listens at a TCP Redis URL, or when no
+    Sentinel of a Sentinel URL names a master that is up and listening."""
+    url, timeout = settings.require_redis_url(), settings.redis_timeout
+    sentinel = settings.redis_sentinel
+    if sentinel is not None:
+        host, port = probe_sentinels(sentinel, timeout)  # a ConfigurationError says what
+        where = f"{host}:{port}, the master the Sentinels in ASYNCJOBS_REDIS_URL name,"
+        fix = "Check that master, or wait for the Sentinels to fail over."
+    else:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            return
+        host, port = parts.hostname or "localhost", parts.port or 6379
+        where = f"ASYNCJOBS_REDIS_URL={redact(url)}"
+        fix = f"Start Redis there. {HOW_TO_CONFIGURE}"
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
-        raise ConfigurationError(
-            f"nothing is listening at ASYNCJOBS_REDIS_URL={redact(url)} ({exc}). "
-            f"Start Redis there. {HOW_TO_CONFIGURE}"
-        ) from exc
+        raise ConfigurationError(f"nothing is listening at {where} ({exc}). {fix}") from exc
 
 
 def import_job_modules(modules: tuple[str, ...]) -> None:
@@ -116,7 +125,7 @@ def preflight() -> _Preflight:
     logs.configure_logging(settings.log_format, settings.log_level)
     logs.route_stdlib_logging(settings.log_level)
     try:
-        url = settings.require_redis_url()
+        settings.require_redis_url()
         import_job_modules(settings.imports)
         app = get_app()
         if not len(app.registry):
@@ -124,7 +133,7 @@ def preflight() -> _Preflight:
                 "no jobs are registered: set ASYNCJOBS_IMPORTS to the module(s) that define "
                 "your @job functions, e.g. ASYNCJOBS_IMPORTS=myapp.jobs"
             )
-        _probe(url, settings.redis_timeout)
+        _probe(settings)
         # Served from now on (/readyz says the worker waits for Redis); a port in use or a
         # missing prometheus-client is one line here, not a traceback from the loop.
         metrics = open_server(app) if app.settings.metrics_port is not None else None
@@ -151,9 +160,14 @@ def _bridge(cls: type) -> Callable[[dict[str, Any]], Awaitable[None]]:
         if overrides:
             app.settings = dataclasses.replace(app.settings, **overrides)
         options = {k: getattr(cls, k) for k in _LOOP_OPTIONS if getattr(cls, k, None) is not None}
+        redis = arq_redis = ctx["redis"]
+        if app.settings.redis_sentinel is not None:
+            # arq's Sentinel client (ctx["redis"]) has no retry: the loop and the jobs get
+            # one that rides out a failover. arq closes its own when the worker ends.
+            redis = ctx["redis"] = await worker_redis(app.settings, ready.retry)
         worker = Worker(
             app,
-            redis=ctx["redis"],
+            redis=redis,
             retry=ready.retry,
             ctx=ctx,
             on_startup=getattr(cls, "user_on_startup", None),
@@ -165,6 +179,8 @@ def _bridge(cls: type) -> Callable[[dict[str, Any]], Awaitable[None]]:
         try:
             await worker.run()
         finally:
+            if redis is not arq_redis:
+                await redis.aclose(close_connection_pool=True)
             try:
                 await app.close()
             except Exception as exc:

@@ -33,6 +33,7 @@ from ._middleware import Handler, MiddlewareList, compose
 from ._pooling import (
     LISTEN_URL_VAR,
     Pooling,
+    behind_pooler,
     pooled_listen_url_message,
     session_needed_message,
     transaction_pooled,
@@ -113,7 +114,7 @@ class Core:
     async def db(self) -> asyncpg.Pool:
         """The asyncpg pool, created on first use.
 
-        Before it opens, the App settles how ``ASYNCJOBS_DATABASE_URL`` reaches
+        When it first opens, the App settles how ``ASYNCJOBS_DATABASE_URL`` reaches
         PostgreSQL (:attr:`pooling`): through a pooler in transaction mode the pool
         keeps no server-side prepared statements, and that is logged once
         (``database.transaction_pooling``). Raises :class:`DatabaseUnavailableError`
@@ -123,23 +124,42 @@ class Core:
         if self._db is None:
             async with self._db_lock:
                 if self._db is None:
-                    url = self.settings.require_database_url()
-                    if self.pooling is None:
-                        self.pooling = await self._pooling(url)
-                        self._say_pooling()
-                    self._db = await self._create_pool(
-                        url,
-                        self.settings.database_pool_size,
-                        "",
-                        statement_cache=not self.pooling.transaction,
-                    )
+                    self._db = await self._open_db()
         return self._db
 
-    async def _pooling(self, url: str) -> Pooling:
+    async def _open_db(self) -> asyncpg.Pool:
+        url = self.settings.require_database_url()
+        size = self.settings.database_pool_size
         mode = self.settings.database_pool_mode
-        if mode != "auto":
-            return Pooling(transaction=mode == "transaction", source="configured")
-        pooled = await self._probe(url, DATABASE_URL_VAR, "")
+        if self.pooling is None and mode != "auto":
+            self.pooling = Pooling(transaction=mode == "transaction", source="configured")
+            self._say_pooling()
+        cache = self.pooling is None or not self.pooling.transaction
+        pool = await self._create_pool(url, size, "", statement_cache=cache)
+        if self.pooling is None:
+            try:
+                self.pooling = await self._detect(url, pool)
+            except BaseException:
+                await pool.close()
+                raise
+            self._say_pooling()
+            if self.pooling.transaction:  # its statement cache would break: open it anew
+                await pool.close()
+                pool = await self._create_pool(url, size, "", statement_cache=False)
+        return pool
+
+    async def _detect(self, url: str, pool: asyncpg.Pool) -> Pooling:
+        """Whether ``url`` is transaction-pooled: one query on ``pool`` for a direct
+        connection, two probe connections behind a pooler (:mod:`asyncjobs._pooling`)."""
+        try:
+            async with pool.acquire() as conn:
+                pooled = await behind_pooler(conn, self.settings.database_timeout)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            raise DatabaseUnavailableError(
+                _database_error(exc, redact(url), "", DATABASE_URL_VAR)
+            ) from exc
+        if pooled:
+            pooled = await self._probe(url, DATABASE_URL_VAR, "")
         return Pooling(transaction=pooled, source="detected")
 
     async def _probe(self, url: str, var: str, purpose: str) -> bool:

@@ -19,9 +19,11 @@ Migrations (one transaction, a transaction-scoped advisory lock), flag writes,
 dead letters and reconcilers (a cursor inside a transaction) work through it.
 
 The mode comes from ``ASYNCJOBS_DATABASE_POOL_MODE``: ``auto`` (the default) asks
-the server (:func:`transaction_pooled`) when the App's pool opens, so a user who
-does not say it is still protected; ``session`` or ``transaction`` says it and
-skips the probe.
+the server when the App's pool opens, so a user who does not say it is still
+protected: one query on the pool's first connection tells a direct connection
+(:func:`behind_pooler`), and only behind a pooler do two probe connections tell
+its mode (:func:`transaction_pooled`). ``session`` or ``transaction`` says it and
+skips both.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 import asyncpg
 
 LISTEN_URL_VAR = "ASYNCJOBS_DATABASE_LISTEN_URL"
-_PROBE_ROUNDS = 3
+_PROBE_ROUNDS = 2
 _PID = "SELECT pg_backend_pid()"
 
 
@@ -47,20 +49,29 @@ class Pooling:
     """``"detected"`` (the probe said so) or ``"configured"`` (the setting said so)."""
 
 
+async def behind_pooler(conn: asyncpg.Connection, seconds: float) -> bool:
+    """Whether ``conn`` reaches PostgreSQL through a pooler, in any mode: the backend key
+    it was given at connect (a pooler makes up its own) names another process than the
+    server process that answers. One query; a direct connection needs no more."""
+    return bool(conn.get_server_pid() != await conn.fetchval(_PID, timeout=seconds))
+
+
 async def transaction_pooled(url: str, seconds: float) -> bool:
     """Whether ``url`` reaches PostgreSQL through a pooler in transaction mode.
 
-    Two probe connections, ``a`` and ``b``: ``a`` reads its server's pid, then ``b``
-    holds a transaction open and reads its own, then ``a`` reads its pid again. On a
-    session of its own ``a`` keeps one server process and ``b`` has another; through a
-    transaction pooler ``b`` is handed the server ``a`` just released (PgBouncer's
-    default reuses the last one), or ``a`` lands elsewhere. A few rounds, in case a
-    busy pooler's other clients take the server in between. Errors propagate
-    (asyncpg's and ``OSError``/``TimeoutError``).
+    A direct connection is told by :func:`behind_pooler`. Behind a pooler, a second
+    probe connection: ``a`` reads its server's pid, then ``b`` holds a transaction open
+    and reads its own, then ``a`` reads its pid again. In a session of its own ``a``
+    keeps one server process and ``b`` has another; through a transaction pooler ``b``
+    is handed the server ``a`` just released (PgBouncer's default reuses the last one),
+    or ``a`` lands elsewhere. Two rounds, in case a busy pooler's other clients take
+    the server in between. Errors propagate (asyncpg's and ``OSError``/``TimeoutError``).
     """
     a = b = None
     try:
         a = await asyncpg.connect(url, timeout=seconds, statement_cache_size=0)
+        if not await behind_pooler(a, seconds):
+            return False
         b = await asyncpg.connect(url, timeout=seconds, statement_cache_size=0)
         for _ in range(_PROBE_ROUNDS):
             first = await a.fetchval(_PID, timeout=seconds)

@@ -66,7 +66,7 @@ async def _work(app: App) -> None:
     await Worker(app, burst=True, handle_signals=False, poll_delay=0.01, max_jobs=10).run()
 
 
-async def test_transaction_pooling_is_detected_said_once_and_a_direct_url_is_not_taken_for_it(
+async def test_transaction_pooling_is_detected_and_said_once_and_nothing_else_is_taken_for_it(
     redis_url: str, pooled_url: str, database_url: str
 ) -> None:
     with capture_logs() as logs:
@@ -80,6 +80,11 @@ async def test_transaction_pooling_is_detected_said_once_and_a_direct_url_is_not
             await direct.db()
             assert direct.pooling is not None
             assert not direct.pooling.transaction
+        with EmbeddedPgBouncer(database_url, pool_mode="session") as session_mode:
+            async with App(_settings(redis_url, session_mode.url())) as behind:
+                await behind.db()
+                assert behind.pooling is not None
+                assert not behind.pooling.transaction
         configured = _settings(redis_url, database_url, database_pool_mode="transaction")
         async with App(configured) as told:
             await told.db()

@@ -155,9 +155,8 @@ class Core:
             async with pool.acquire() as conn:
                 pooled = await behind_pooler(conn, self.settings.database_timeout)
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            raise DatabaseUnavailableError(
-                _database_error(exc, redact(url), "", DATABASE_URL_VAR)
-            ) from exc
+            _log.warning(logs.DATABASE_UNAVAILABLE, error=str(exc), url=redact(url))
+            raise DatabaseUnavailableError(_database_error(exc, redact(url), "")) from exc
         if pooled:
             pooled = await self._probe(url, DATABASE_URL_VAR, "")
         return Pooling(transaction=pooled, source="detected")

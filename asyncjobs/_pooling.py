@@ -14,6 +14,8 @@ a different server process. Three things need a session of their own and break:
 - session advisory locks (exclusive jobs): the lock pool uses
   ``ASYNCJOBS_DATABASE_LISTEN_URL``; without one an exclusive job is refused with
   a :class:`~asyncjobs.ConfigurationError` naming that setting, never run unlocked.
+  The refusal is not retried (the next try would meet the same settings): the job
+  becomes a dead letter, to retry once the setting is there.
 
 Migrations (one transaction, a transaction-scoped advisory lock), flag writes,
 dead letters and reconcilers (a cursor inside a transaction) work through it.
@@ -23,7 +25,9 @@ the server when the App's pool opens, so a user who does not say it is still
 protected: one query on the pool's first connection tells a direct connection
 (:func:`behind_pooler`), and only behind a pooler do two probe connections tell
 its mode (:func:`transaction_pooled`). ``session`` or ``transaction`` says it and
-skips both.
+skips both; say ``transaction`` for a pooler that passes on the server's own
+backend key (none of the common ones does), which the first check takes for a
+direct connection.
 """
 
 from __future__ import annotations

@@ -138,6 +138,22 @@ def migrate() -> None:
         click.echo("schema is up to date")
 
 
+def _pooling_note(app: App) -> str:
+    """What ``check`` says about a transaction pooler in front of PostgreSQL."""
+    pooling = app.pooling
+    if pooling is None or not pooling.transaction:
+        return ""
+    if app.settings.database_listen_url is not None:
+        return (
+            f" (transaction pooling, {pooling.source}: flag notifications and exclusive "
+            "jobs' locks over ASYNCJOBS_DATABASE_LISTEN_URL)"
+        )
+    return (
+        f" (transaction pooling, {pooling.source}: flag changes by ASYNCJOBS_FLAG_TTL alone; "
+        "exclusive jobs refused until ASYNCJOBS_DATABASE_LISTEN_URL is set)"
+    )
+
+
 @cli.command()
 def check() -> None:
     """Check that Redis and PostgreSQL are reachable with the current settings."""
@@ -157,9 +173,15 @@ def check() -> None:
             try:
                 pool = await app.db()
                 await pool.fetchval("SELECT 1")
-                report.append(("postgres", "ok"))
+                report.append(("postgres", "ok" + _pooling_note(app)))
             except Exception as exc:
                 report.append(("postgres", f"FAILED: {exc}"))
+            if app.settings.database_listen_url is not None:
+                try:  # the pooling probe connects: reachable and a session of its own
+                    await app.session_url("flag notifications and exclusive jobs' locks")
+                    report.append(("listen", "ok"))
+                except Exception as exc:
+                    report.append(("listen", f"FAILED: {exc}"))
         return report
 
     report = _with_app(go, imports=False)

@@ -25,15 +25,24 @@ import structlog
 
 from . import _logs as logs
 from ._arq import ArqRedis, AsyncScript, producer_pool
-from ._exceptions import DatabaseUnavailableError
+from ._exceptions import ConfigurationError, DatabaseUnavailableError
 from ._flags import FlagStore
 from ._jobs import JobSpec, Registry
 from ._metrics_hooks import NO_INSTRUMENTS, Instruments
 from ._middleware import Handler, MiddlewareList, compose
+from ._pooling import (
+    LISTEN_URL_VAR,
+    Pooling,
+    behind_pooler,
+    pooled_listen_url_message,
+    session_needed_message,
+    transaction_pooled,
+)
 from ._settings import Settings, redact
 from .serializer import deserialize, serialize
 
 _log = structlog.get_logger("asyncjobs.app")
+DATABASE_URL_VAR = "ASYNCJOBS_DATABASE_URL"
 
 
 class Core:
@@ -60,6 +69,9 @@ class Core:
         self._db: asyncpg.Pool | None = None
         self._lock_db: asyncpg.Pool | None = None
         self._db_lock = asyncio.Lock()
+        self.pooling: Pooling | None = None
+        """How ``ASYNCJOBS_DATABASE_URL`` reaches PostgreSQL, once the pool has opened."""
+        self._listen_checked: bool | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._chains: dict[Handler[EnqueueRequest], tuple[int, Handler[EnqueueRequest]]] = {}
 
@@ -103,31 +115,130 @@ class Core:
     async def db(self) -> asyncpg.Pool:
         """The asyncpg pool, created on first use.
 
-        Raises :class:`DatabaseUnavailableError` if PostgreSQL cannot be reached
-        within ``settings.database_timeout``; the next call tries again.
+        When it first opens, the App settles how ``ASYNCJOBS_DATABASE_URL`` reaches
+        PostgreSQL (:attr:`pooling`): through a pooler in transaction mode the pool
+        keeps no server-side prepared statements, and that is logged once
+        (``database.transaction_pooling``). Raises :class:`DatabaseUnavailableError`
+        if PostgreSQL cannot be reached within ``settings.database_timeout``; the next
+        call tries again.
         """
         if self._db is None:
             async with self._db_lock:
                 if self._db is None:
-                    self._db = await self._create_pool(self.settings.database_pool_size, "")
+                    self._db = await self._open_db()
         return self._db
+
+    async def _open_db(self) -> asyncpg.Pool:
+        url = self.settings.require_database_url()
+        size = self.settings.database_pool_size
+        mode = self.settings.database_pool_mode
+        if self.pooling is None and mode != "auto":
+            self.pooling = Pooling(transaction=mode == "transaction", source="configured")
+            self._say_pooling()
+        cache = self.pooling is None or not self.pooling.transaction
+        pool = await self._create_pool(url, size, "", statement_cache=cache)
+        if self.pooling is None:
+            try:
+                self.pooling = await self._detect(url, pool)
+            except BaseException:
+                await pool.close()
+                raise
+            self._say_pooling()
+            if self.pooling.transaction:  # its statement cache would break: open it anew
+                await pool.close()
+                pool = await self._create_pool(url, size, "", statement_cache=False)
+        return pool
+
+    async def _detect(self, url: str, pool: asyncpg.Pool) -> Pooling:
+        """Whether ``url`` is transaction-pooled: one query on ``pool`` for a direct
+        connection, two probe connections behind a pooler (:mod:`asyncjobs._pooling`)."""
+        try:
+            async with pool.acquire() as conn:
+                pooled = await behind_pooler(conn, self.settings.database_timeout)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            _log.warning(logs.DATABASE_UNAVAILABLE, error=str(exc), url=redact(url))
+            raise DatabaseUnavailableError(_database_error(exc, redact(url), "")) from exc
+        if pooled:
+            pooled = await self._probe(url, DATABASE_URL_VAR, "")
+        return Pooling(transaction=pooled, source="detected")
+
+    async def _probe(self, url: str, var: str, purpose: str) -> bool:
+        try:
+            return await transaction_pooled(url, self.settings.database_timeout)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            _log.warning(logs.DATABASE_UNAVAILABLE, error=str(exc), url=redact(url))
+            raise DatabaseUnavailableError(_database_error(exc, redact(url), purpose, var)) from exc
+
+    def _say_pooling(self) -> None:
+        pooling = self.pooling
+        if pooling is None or not pooling.transaction:
+            return
+        direct = self.settings.database_listen_url is not None
+        log = _log.info if direct else _log.warning
+        log(
+            logs.DATABASE_TRANSACTION_POOLING,
+            source=pooling.source,
+            prepared_statements="off",
+            flags=f"notified over {LISTEN_URL_VAR}"
+            if direct
+            else f"read again every ASYNCJOBS_FLAG_TTL ({self.settings.flag_ttl:g}s): a change "
+            "takes up to that long to reach this process",
+            exclusive_jobs=f"locked over {LISTEN_URL_VAR}"
+            if direct
+            else f"refused until {LISTEN_URL_VAR} is set",
+        )
+
+    async def session_url(self, what: str) -> str | None:
+        """The URL of a PostgreSQL session of its own, for ``what`` (LISTEN, session advisory
+        locks): ``ASYNCJOBS_DATABASE_LISTEN_URL`` if set, else ``ASYNCJOBS_DATABASE_URL``
+        unless that is transaction-pooled, else ``None``.
+
+        A listen URL that is itself transaction-pooled (checked once, unless the pool mode
+        is configured) is a :class:`ConfigurationError` naming it and the fix.
+        """
+        listen = self.settings.database_listen_url
+        if listen is None:
+            await self.db()  # settles self.pooling
+            assert self.pooling is not None
+            return None if self.pooling.transaction else self.settings.database_url
+        if self._listen_checked is None:
+            if self.settings.database_pool_mode == "auto":
+                self._listen_checked = not await self._probe(listen, LISTEN_URL_VAR, f" for {what}")
+            else:
+                self._listen_checked = True
+        if not self._listen_checked:
+            raise ConfigurationError(pooled_listen_url_message(redact(listen)))
+        return listen
 
     async def lock_pool(self) -> asyncpg.Pool:
         """The pool whose connections hold advisory locks for exclusive jobs.
 
         Separate from :meth:`db` and at most ``settings.lock_connections`` large,
-        so running exclusive jobs never starve other queries of connections.
+        so running exclusive jobs never starve other queries of connections. Its
+        connections are sessions of their own (:meth:`session_url`): when there is none,
+        a :class:`ConfigurationError` naming ``ASYNCJOBS_DATABASE_LISTEN_URL``.
         """
         if self._lock_db is None:
+            url = await self.session_url("an exclusive job's lock")
+            if url is None:
+                raise ConfigurationError(session_needed_message("an exclusive job's lock"))
             async with self._db_lock:
                 if self._lock_db is None:
+                    var = DATABASE_URL_VAR if url == self.settings.database_url else LISTEN_URL_VAR
                     self._lock_db = await self._create_pool(
-                        self.settings.lock_connections, " for advisory locks"
+                        url, self.settings.lock_connections, " for advisory locks", var=var
                     )
         return self._lock_db
 
-    async def _create_pool(self, max_size: int, purpose: str) -> asyncpg.Pool:
-        url = self.settings.require_database_url()
+    async def _create_pool(
+        self,
+        url: str,
+        max_size: int,
+        purpose: str,
+        *,
+        statement_cache: bool = True,
+        var: str = DATABASE_URL_VAR,
+    ) -> asyncpg.Pool:
         try:
             return await asyncpg.create_pool(
                 url,
@@ -135,10 +246,13 @@ class Core:
                 max_size=max_size,
                 timeout=self.settings.database_timeout,
                 command_timeout=max(self.settings.database_timeout, 30.0),
+                # asyncpg's default (100 per connection) unless a transaction pooler would
+                # send a later use of a prepared statement to a server that never saw it.
+                statement_cache_size=100 if statement_cache else 0,
             )
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             _log.warning(logs.DATABASE_UNAVAILABLE, error=str(exc), url=redact(url))
-            raise DatabaseUnavailableError(_database_error(exc, redact(url), purpose)) from exc
+            raise DatabaseUnavailableError(_database_error(exc, redact(url), purpose, var)) from exc
 
     def has_db(self) -> bool:
         """Whether the PostgreSQL pool is open."""
@@ -159,7 +273,7 @@ class Core:
             await db.close()
 
 
-def _database_error(exc: BaseException, url: str, purpose: str) -> str:
+def _database_error(exc: BaseException, url: str, purpose: str, var: str = DATABASE_URL_VAR) -> str:
     """What to fix, for a PostgreSQL that refused or did not answer."""
     said = f"({type(exc).__name__}: {exc})"
     if isinstance(
@@ -167,15 +281,15 @@ def _database_error(exc: BaseException, url: str, purpose: str) -> str:
     ):
         return (
             f"PostgreSQL at {url} refused the login{purpose} {said}. Check the user and "
-            "password in ASYNCJOBS_DATABASE_URL."
+            f"password in {var}."
         )
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         return (
             f"PostgreSQL at {url} has no such database{purpose} {said}. Create it, or fix "
-            "the database name in ASYNCJOBS_DATABASE_URL."
+            f"the database name in {var}."
         )
     return (
-        f"PostgreSQL at {url} is unreachable{purpose} {said}. Check ASYNCJOBS_DATABASE_URL "
+        f"PostgreSQL at {url} is unreachable{purpose} {said}. Check {var} "
         "and that PostgreSQL is running."
     )
 

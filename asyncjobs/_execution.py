@@ -40,6 +40,7 @@ from ._app import App
 from ._arq import Retry, WorkerCoroutine
 from ._backoff import DEFAULT_BACKOFF
 from ._core import ExecutionRequest, JobContext
+from ._exceptions import ConfigurationError
 from ._jobs import JobSpec
 from ._middleware import Handler, Middleware, compose
 from ._retries import FIRST_FAILURE_KEY, retried_dead_letter
@@ -57,6 +58,13 @@ class JobTimeout(Exception):
 
 class OutOfTries(Exception):
     """The job raised ``Retry`` on its last try."""
+
+
+class SessionRequired(ConfigurationError):
+    """An exclusive job's lock needs a PostgreSQL session of its own and the settings give
+    none (a transaction pooler without ``ASYNCJOBS_DATABASE_LISTEN_URL``, or a listen URL
+    that is itself transaction-pooled). The job is refused, not run unlocked, and not
+    tried again: the next try would meet the same settings. Its dead letter keeps it."""
 
 
 class Locked(Exception):
@@ -81,10 +89,14 @@ def decide(error: BaseException, tries: int, spec: JobSpec) -> Decision:
 
     ``Retry`` (the job asked) is honoured while tries are left; any other error is
     retried while tries are left, if it is one of ``retry_on`` and none of
-    ``give_up_on``.
+    ``give_up_on``. An exclusive job refused for want of a PostgreSQL session
+    (:class:`SessionRequired`) is not retried: its settings will not change in this
+    process.
     """
     if tries >= spec.max_tries:
         return Decision(False, "max_tries")
+    if isinstance(error, SessionRequired):
+        return Decision(False, "session_required")
     if isinstance(error, Retry):
         return Decision(True, "asked")
     if isinstance(error, spec.give_up_on):
@@ -114,7 +126,8 @@ def timeout_layer(seconds: float) -> Middleware[ExecutionRequest]:
 
 class AdvisoryLock:
     """A layer that runs the rest holding the job's advisory lock, on a connection of the
-    App's lock pool; :class:`Locked` when it is held elsewhere or no connection is free."""
+    App's lock pool; :class:`Locked` when it is held elsewhere or no connection is free,
+    :class:`SessionRequired` when the settings give no PostgreSQL session to hold it on."""
 
     def __init__(self, spec: JobSpec, app: App) -> None:
         self.spec, self.app = spec, app
@@ -123,7 +136,10 @@ class AdvisoryLock:
         self, request: ExecutionRequest, call_next: Handler[ExecutionRequest]
     ) -> Any:
         name = cast(str, lock_name(self.spec, tuple(request.args), request.kwargs))
-        pool = await self.app.lock_pool()
+        try:
+            pool = await self.app.lock_pool()
+        except ConfigurationError as exc:
+            raise SessionRequired(f"job {self.spec.name!r} was not run: {exc}") from exc
         try:
             conn = await pool.acquire(timeout=min(1.0, self.spec.lock_retry))
         except TimeoutError:

@@ -38,18 +38,21 @@ import asyncpg
 import structlog
 
 from . import _logs as logs
-from ._exceptions import FlagNameError
+from ._exceptions import ConfigurationError, FlagNameError
 
 if TYPE_CHECKING:
     from ._settings import Settings
 
 
 class Database(Protocol):
-    """What a flag store needs of its App: the settings and the PostgreSQL pool."""
+    """What a flag store needs of its App: the settings, the PostgreSQL pool, and where
+    to LISTEN."""
 
     settings: Settings
 
     async def db(self) -> asyncpg.Pool: ...
+
+    async def session_url(self, what: str) -> str | None: ...
 
     def has_db(self) -> bool: ...
 
@@ -157,6 +160,7 @@ class FlagStore:
         self._flusher: asyncio.Task[None] | None = None
         self._listening: asyncio.Future[None] | None = None
         self._listener: Any = None
+        self._ttl_only = False  # no session to LISTEN on (a transaction pooler): the TTL alone
         self._unavailable = False
         self._counts: Counter[tuple[str, str]] = Counter()
         self.loads = 0
@@ -253,7 +257,11 @@ class FlagStore:
             if self._unavailable:
                 self._unavailable = False
                 _log.info(logs.FLAGS_RECOVERED)
-            if self._listener is None and (self._listening is None or self._listening.done()):
+            if (
+                self._listener is None
+                and not self._ttl_only
+                and (self._listening is None or self._listening.done())
+            ):
                 # Not awaited: a slow LISTEN connect must not hold up the callers.
                 self._listening = asyncio.ensure_future(self._listen())
         except Exception as exc:  # the store is down or slow: serve what we have
@@ -306,11 +314,21 @@ class FlagStore:
             raise
 
     async def _listen(self) -> None:
-        """Subscribe to change notifications on a dedicated connection (best effort)."""
+        """Subscribe to change notifications on a dedicated connection (best effort).
+
+        It needs a session of its own (:meth:`~asyncjobs.App.session_url`): through a
+        transaction pooler without ``ASYNCJOBS_DATABASE_LISTEN_URL`` there is none, and
+        the TTL alone bounds how long a change takes (the App logged that at start).
+        """
         conn: Any = None
         try:
+            async with asyncio.timeout(self._app.settings.database_timeout):
+                url = await self._app.session_url("flag change notifications")
+            if url is None:
+                self._ttl_only = True
+                return
             async with asyncio.timeout(self.timeout):
-                conn = await asyncpg.connect(self._app.settings.require_database_url())
+                conn = await asyncpg.connect(url)
                 await conn.add_listener(CHANNEL, self._notified)
             conn.add_termination_listener(self._listener_lost)
         except BaseException as exc:  # cancelled by close() too: never leave it open
@@ -318,6 +336,8 @@ class FlagStore:
                 conn.terminate()
             if not isinstance(exc, Exception):
                 raise
+            if isinstance(exc, ConfigurationError):  # trying again would say the same
+                self._ttl_only = True
             _log.warning(logs.FLAGS_UNAVAILABLE, error=f"LISTEN failed: {exc}", serving="ttl")
             return
         self._listener = conn

@@ -17,6 +17,7 @@ _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel"})
 _POSTGRES_SCHEMES = frozenset({"postgres", "postgresql"})
 _LOG_FORMATS = frozenset({"auto", "json", "console"})
 _LOG_LEVELS = frozenset({"debug", "info", "warning", "error"})
+_POOL_MODES = ("auto", "session", "transaction")
 
 HOW_TO_CONFIGURE = (
     "Set it to your server's URL, or run `asyncjobs dev` to start throwaway Redis and "
@@ -105,6 +106,19 @@ class Settings:
         20,
         "PostgreSQL connections a worker holds for running exclusive jobs (default 20)",
     )
+    database_listen_url: str | None = _env(
+        "DATABASE_LISTEN_URL",
+        None,
+        "a direct PostgreSQL URL (not through a transaction pooler) for what needs a session "
+        "of its own: flag change notifications and exclusive jobs' locks (default: "
+        "ASYNCJOBS_DATABASE_URL unless that is transaction-pooled)",
+    )
+    database_pool_mode: str = _env(
+        "DATABASE_POOL_MODE",
+        "auto",
+        "auto, session or transaction: how ASYNCJOBS_DATABASE_URL reaches PostgreSQL "
+        "(transaction: through PgBouncer's pool_mode = transaction; auto detects it at start)",
+    )
     tracing: bool = _env(
         "TRACING",
         False,
@@ -131,6 +145,7 @@ class Settings:
                 PREFIX + "DATABASE_URL",
                 "postgresql://user@host:5432/dbname",
             )
+        self._check_database_pooling()
         for name in (
             "redis_timeout",
             "database_timeout",
@@ -169,6 +184,20 @@ class Settings:
                 f"not {self.log_level!r}"
             )
         check_queue_name(self.queue_name, _var("queue_name"))
+
+    def _check_database_pooling(self) -> None:
+        if self.database_listen_url is not None:
+            _check_url(
+                self.database_listen_url,
+                _POSTGRES_SCHEMES,
+                PREFIX + "DATABASE_LISTEN_URL",
+                "postgresql://user@db-host:5432/dbname (PostgreSQL itself, not the pooler)",
+            )
+        if self.database_pool_mode not in _POOL_MODES:
+            raise ConfigurationError(
+                f"{_var('database_pool_mode')} must be one of {', '.join(_POOL_MODES)}, "
+                f"not {self.database_pool_mode!r}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -226,7 +255,7 @@ def _parse(name: str, raw: str, var: str) -> Any:
                 f"got {raw!r} (an empty name)"
             )
         return tuple(dict.fromkeys(parts))
-    if name in ("log_format", "log_level"):
+    if name in ("log_format", "log_level", "database_pool_mode"):
         return raw.lower()
     if kind is bool:
         lowered = raw.lower()

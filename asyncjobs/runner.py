@@ -77,6 +77,7 @@ from ._claim import (
 )
 from ._core import JobContext
 from ._enqueue import Prepared, serialize_job, write_prepared
+from ._exceptions import ConfigurationError
 from ._liveness import (
     MISSED_BEATS,
     beat,
@@ -87,6 +88,7 @@ from ._liveness import (
 )
 from ._metrics_hooks import Health
 from ._metrics_server import MetricsServer, open_server
+from ._pooling import session_needed_message
 from ._runnables import (
     JobEnd,
     Record,
@@ -267,6 +269,25 @@ class Worker:
     async def _check_database(self) -> None:
         with contextlib.suppress(Exception):
             await self.app.db()
+            exclusive = [
+                spec.name
+                for spec in self.app.registry
+                if (spec.lock is not None or spec.exclusive) and spec.name in self.functions
+            ]
+            problem = await self._session_problem(exclusive) if exclusive else None
+            if problem is not None:
+                # Said at start; each such job is refused with the same words when it runs.
+                _log.error(logs.WORKER_MISCONFIGURED, error=problem, refused=exclusive)
+
+    async def _session_problem(self, exclusive: list[str]) -> str | None:
+        """Why exclusive jobs would be refused (no PostgreSQL session for their locks), or
+        ``None``."""
+        try:
+            if await self.app.session_url("exclusive jobs' locks") is None:
+                return session_needed_message(f"exclusive jobs ({', '.join(exclusive)})")
+        except ConfigurationError as exc:
+            return str(exc)
+        return None
 
     def stop(self, *, now: bool = False) -> None:
         """Stop claiming and wind down (as on SIGTERM); ``now=True`` as on a second signal."""

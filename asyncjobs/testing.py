@@ -1,6 +1,7 @@
 """Helpers for testing code that uses asyncjobs, against real servers.
 
-``EmbeddedServices`` starts throwaway Redis and PostgreSQL; ``WorkerProcess``
+``EmbeddedServices`` starts throwaway Redis and PostgreSQL, ``EmbeddedPgBouncer`` a
+PgBouncer in transaction mode in front of one; ``WorkerProcess``
 runs ``arq asyncjobs.WorkerSettings`` as a real subprocess and waits until it
 is ready; ``ServiceProcess`` does the same for any command (a web app, say).
 """
@@ -16,9 +17,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
+from ._embedded_pgbouncer import EmbeddedPgBouncer, find_pgbouncer
 from ._services import EmbeddedServices, free_port
 
-__all__ = ["EmbeddedServices", "ServiceProcess", "WorkerProcess", "free_port"]
+__all__ = [
+    "EmbeddedPgBouncer",
+    "EmbeddedServices",
+    "ServiceProcess",
+    "WorkerProcess",
+    "find_pgbouncer",
+    "free_port",
+]
 
 
 class ServiceProcess:

@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 import asyncjobs
-from asyncjobs.testing import EmbeddedServices
+from asyncjobs.testing import EmbeddedPgBouncer, EmbeddedServices, find_pgbouncer
 from tests.conftest import ROOT
 
 _redis_db = itertools.count(1)
@@ -39,6 +39,22 @@ def servers() -> Iterator[dict[str, str]]:
         assert services.redis is not None
         assert services.postgres is not None
         yield {"redis": services.redis.url, "postgres": services.postgres.url}
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(servers: dict[str, str]) -> Iterator[EmbeddedPgBouncer]:
+    """A throwaway PgBouncer in transaction mode in front of the suite's PostgreSQL.
+
+    Skipped, saying why, when there is no pgbouncer binary, except in CI (``CI=true``),
+    where that is a failure: ``.ci/run`` installs it.
+    """
+    if find_pgbouncer() is None:
+        reason = "no pgbouncer binary (apt-get install pgbouncer; .ci/run does)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with EmbeddedPgBouncer(servers["postgres"], pool_mode="transaction") as bouncer:
+        yield bouncer
 
 
 @pytest.fixture

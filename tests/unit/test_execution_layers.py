@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from arq.worker import Retry
 
-from asyncjobs._execution import JobTimeout, decide, timeout_layer
+from asyncjobs._execution import JobTimeout, SessionRequired, decide, timeout_layer
 from asyncjobs._jobs import build_spec
 
 
@@ -31,6 +31,7 @@ def _spec(**options: Any) -> Any:
         (PermissionError("x"), 1, {"give_up_on": PermissionError}, False, "give_up_on"),
         (Retry(defer=1), 1, {"give_up_on": Exception}, True, "asked"),
         (Retry(defer=1), 3, {"max_tries": 3}, False, "max_tries"),
+        (SessionRequired("no session"), 1, {"exclusive": True}, False, "session_required"),
     ],
 )
 def test_decide_is_a_pure_function_of_error_tries_and_options(

@@ -63,3 +63,35 @@ def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(AttributeError):
         s.max_jobs = 3  # type: ignore[misc]
+
+
+def test_the_pooling_settings_are_read_and_a_bad_one_is_one_line_naming_it() -> None:
+    s = Settings.from_env(
+        {
+            "ASYNCJOBS_DATABASE_LISTEN_URL": "postgresql://app@db-primary:5432/app",
+            "ASYNCJOBS_DATABASE_POOL_MODE": "Transaction",
+        }
+    )
+    assert s.database_listen_url == "postgresql://app@db-primary:5432/app"
+    assert s.database_pool_mode == "transaction"
+    assert Settings.from_env({}).database_pool_mode == "auto"
+    for var, value, message in [
+        (
+            "ASYNCJOBS_DATABASE_POOL_MODE",
+            "statement",
+            "ASYNCJOBS_DATABASE_POOL_MODE must be one of",
+        ),
+        (
+            "ASYNCJOBS_DATABASE_LISTEN_URL",
+            "redis://x/0",
+            "ASYNCJOBS_DATABASE_LISTEN_URL must start",
+        ),
+        (
+            "ASYNCJOBS_DATABASE_LISTEN_URL",
+            "postgresql://",
+            "ASYNCJOBS_DATABASE_LISTEN_URL has no host",
+        ),
+    ]:
+        with pytest.raises(ConfigurationError, match=message) as info:
+            Settings.from_env({var: value})
+        assert "\n" not in str(info.value)

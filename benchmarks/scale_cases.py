@@ -11,8 +11,8 @@ How the Redis side is read: ``INFO`` before and after each round. CPU is
 as the script call itself; ``EVALSHA`` calls (one per script round trip) are
 reported apart, from ``INFO commandstats``. The bench's own commands during a
 round (its INFO, the release, its polls) are subtracted, and so is the idle
-traffic of the processes that wait for another round (measured for a second
-beforehand, per process). CPU of processes is ``utime + stime`` from
+traffic of the processes that wait for another round (measured for two
+heartbeats beforehand, per process). CPU of processes is ``utime + stime`` from
 ``/proc/<pid>/stat``; the machine's is ``/proc/stat``. Linux only.
 
 All process counts run interleaved in the same run (1, 2, 4, then 4, 2, 1, ...),
@@ -149,7 +149,7 @@ class Round:
             "jobs_per_s": self.rate,
             "redis_cpu_ms_per_1000": u.redis_cpu * per_1000 * 1000,
             "commands_per_job": u.commands / self.jobs,
-            "evalsha_per_job": u.calls.get("evalsha", 0) / self.jobs,
+            "evalsha_per_job": max(0.0, u.calls.get("evalsha", 0) / self.jobs),
             "process_cpu_ms_per_1000": u.processes_cpu * per_1000 * 1000,
             "redis_cores": u.redis_cpu / u.seconds,
             "process_cores": u.processes_cpu / u.seconds,
@@ -316,8 +316,9 @@ async def _drain_round(app: Any, redis: Any, queue: str, jobs: int, pids: list[i
     return Round(jobs, usage)
 
 
-async def _idle(redis: Any, pids: list[int], seconds: float = 1.0) -> Usage:
-    """What the workers cost Redis while they all wait for work, over ``seconds``."""
+async def _idle(redis: Any, pids: list[int], seconds: float = 4.0) -> Usage:
+    """What the workers cost Redis while they all wait for work, over ``seconds`` (two
+    heartbeats: each worker's beat and recovery check fall in it the same number of times)."""
     before = await snapshot(redis, pids)
     await asyncio.sleep(seconds)
     usage = Usage.between(before, await snapshot(redis, pids))

@@ -557,3 +557,57 @@ SCALE_CASES: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
     "scale.workers_1_2_4": scale_workers,
     "scale.producers_1_2_4": scale_producers,
 }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """One scale case's figures as the Markdown table docs/scaling.md keeps."""
+    what = "workers" if "workers" in result["name"] else "producers"
+    lines = [
+        f"| {what} | jobs/s | x1 | Redis CPU ms / 1,000 jobs | one Redis core, jobs/s | "
+        f"commands / job | EVALSHA / job | {what} CPU ms / 1,000 jobs | "
+        f"cores: Redis / {what} / other | limit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    one = result["scaling"]["1"]["jobs_per_s"]
+    for n, m in result["scaling"].items():
+        lines.append(
+            f"| {n} | {m['jobs_per_s']:,.0f} | {m['jobs_per_s'] / one:.2f}x | "
+            f"{m['redis_cpu_ms_per_1000']:.1f} | {m['redis_core_jobs_per_s']:,.0f} | "
+            f"{m['commands_per_job']:.2f} | {m['evalsha_per_job']:.3f} | "
+            f"{m['process_cpu_ms_per_1000']:.0f} | {m['redis_cores']:.2f} / "
+            f"{m['process_cores']:.2f} / {m['other_cores']:.2f} | {m['limit']} |"
+        )
+    return "\n".join(lines)
+
+
+def model(workers: dict[str, Any], producers: dict[str, Any]) -> str:
+    """The capacity model's figures (docs/scaling.md) from the 1-process rows of both cases."""
+    w, p = workers["scaling"]["1"], producers["scaling"]["1"]
+    drain, enqueue = w["redis_cpu_ms_per_1000"], p["redis_cpu_ms_per_1000"]
+    life = drain + enqueue
+    worker, producer = w["process_cpu_ms_per_1000"], p["process_cpu_ms_per_1000"]
+    return "\n".join(
+        [
+            f"Redis CPU ms / 1,000 jobs: enqueue {enqueue:.1f}, claim + finish {drain:.1f}, "
+            f"a job's life {life:.1f}",
+            f"jobs/s one Redis core: enqueue {1e6 / enqueue:,.0f}, claim + finish "
+            f"{1e6 / drain:,.0f}, a job's life {1e6 / life:,.0f} (70 %: {0.7e6 / life:,.0f})",
+            f"per process core: a worker {1e6 / worker:,.0f} no-op jobs/s ({worker:.0f} ms / "
+            f"1,000), a producer {1e6 / producer:,.0f} enqueues/s ({producer:.0f} ms / 1,000)",
+            f"2 processes on 2 cores beside Redis, at most: workers "
+            f"{2 * worker / (worker + drain):.2f}x, producers "
+            f"{2 * producer / (producer + enqueue):.2f}x one process",
+            f"a 500-job claim + finish holds Redis about {drain / 2:.0f} ms in all",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    # python -m benchmarks.scale_cases [bench-results.json]: the tables for docs/scaling.md.
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "bench-results.json"
+    cases = json.loads(path.read_text())["cases"]
+    found = {c["name"]: c for c in cases if c["name"] in SCALE_CASES}
+    for name, case in found.items():
+        print(f"{name}:\n\n{markdown(case)}\n")
+    if len(found) == len(SCALE_CASES):
+        print(model(found["scale.workers_1_2_4"], found["scale.producers_1_2_4"]))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -249,7 +250,7 @@ def _report(
             }
             for n, m in medians.items()
         },
-        "notes": " ".join([summary + ".", target_note, *extra_notes]),
+        "notes": " ".join([summary + ".", target_note, *filter(None, extra_notes)]),
     }
 
 
@@ -368,8 +369,11 @@ def scale_workers(urls: dict[str, str]) -> dict[str, Any]:
     until the queue is empty (every job finished and written back). Includes claiming,
     the execution wrapper (kill switch on), the job.succeeded log line and the batched
     finish; excludes the enqueue (see scale.producers_1_2_4) and process start. Each
-    group first drains 500 jobs unmeasured (pools, scripts, flags). The total each worker
-    completed (its worker.stopped event) must equal what was enqueued for its group.
+    group first drains 500 jobs per worker unmeasured (pools, scripts, flags). What each
+    worker completed (its worker.stopped event) is added up per group: fewer than were
+    enqueued fails the case; more are runs beyond one per job, reported with the
+    ``worker.presumed_dead`` events that explain them (a worker starved of CPU for three
+    heartbeats on an overloaded machine). The logs are deleted unless that happened.
     """
     _ensure_migrated(urls)
     return asyncio.run(_scale_workers(urls))
@@ -429,8 +433,11 @@ async def _scale_workers(urls: dict[str, str]) -> dict[str, Any]:
             "per job: " + ", ".join(f"{n} workers: {extra[n]}" for n in COUNTS) + "); the "
             "machine was overloaded"
         )
+        kept = f"Worker logs kept: {logs}."
     else:
         runs = "every job ran exactly once"
+        kept = ""
+        shutil.rmtree(logs, ignore_errors=True)
     idle_per_worker = idle.commands / idle.seconds / len(everyone)
     result = _report(
         "scale.workers_1_2_4",
@@ -446,7 +453,7 @@ async def _scale_workers(urls: dict[str, str]) -> dict[str, Any]:
             f"PostgreSQL: the {len(everyone)} workers held {held} connections "
             f"({held / len(everyone):g} each: the App's pool at its minimum and the flag "
             "listener; exclusive jobs add the lock pool).",
-            f"Worker logs: {logs}.",
+            kept,
         ],
     )
     result["duplicates"] = {str(n): extra[n] for n in COUNTS}

@@ -25,7 +25,9 @@ import random
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from . import _logs as logs
 from ._arq import (
@@ -73,9 +75,11 @@ ENQUEUE_OPTIONS = frozenset(
         "_job_try",
         "_jitter",
         "_jitter_min",
+        "_connection",
     }
 )
-"""The keyword options ``enqueue()`` takes: arq's ``enqueue_job`` options, and jitter."""
+"""The keyword options ``enqueue()`` takes: arq's ``enqueue_job`` options, jitter, and
+``_connection`` (a transactional enqueue, :mod:`asyncjobs._outbox`)."""
 
 
 _log = structlog.get_logger("asyncjobs.enqueue")
@@ -174,12 +178,28 @@ def _check_options(job_name: str, options: dict[str, Any]) -> None:  # noqa: C90
             raise InvalidOptionError(f"_jitter_min ({low}s) must be less than _jitter ({high}s)")
     elif "_jitter_min" in options:
         raise InvalidOptionError("_jitter_min needs _jitter: the window is [_jitter_min, _jitter)")
+    if "_connection" in options:
+        _check_connection(options["_connection"])
     job_try = options.get("_job_try")
     if job_try is not None and (
         not isinstance(job_try, int) or isinstance(job_try, bool) or not 1 <= job_try <= MAX_JOB_TRY
     ):
         raise InvalidOptionError(
             f"_job_try must be a whole number from 1 to {MAX_JOB_TRY:,}, not {job_try!r}"
+        )
+
+
+def _check_connection(conn: Any) -> None:
+    if not isinstance(conn, asyncpg.Connection | PoolConnectionProxy):
+        raise InvalidOptionError(
+            f"_connection must be an asyncpg connection (asyncpg.connect() or pool.acquire()), "
+            f"not {type(conn).__name__}"
+        )
+    if not conn.is_in_transaction():
+        raise InvalidOptionError(
+            "_connection is not in a transaction: the outbox row would be committed at once, "
+            "whatever your code does next. Enqueue inside `async with conn.transaction():`, "
+            "or leave _connection out to enqueue straight to Redis"
         )
 
 

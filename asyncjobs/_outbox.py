@@ -1,0 +1,390 @@
+"""Transactional enqueue: the job is written in the caller's transaction, a relay moves it.
+
+``await enqueue(job, *args, _connection=conn)``, with ``conn`` an asyncpg connection
+inside a transaction, runs the client chain as usual (the kill switch rejects before
+anything is written); its innermost step writes one row to ``asyncjobs.outbox`` in
+that transaction instead of writing to Redis. Rolled back, the job never existed.
+Committed, a ``NOTIFY`` sent in the same transaction wakes a relay, which moves the
+row to Redis within milliseconds; a sweep every :data:`SWEEP_S` seconds covers a lost
+notification or a relay that was down.
+
+Everything the Redis write needs is decided at enqueue time and kept in the row: the
+job id (``_job_id``, or a new random id), the queue, the score (``_defer_by``,
+``_defer_until`` and ``_jitter`` count from the enqueue, not the commit), arq's payload
+and the uniqueness lock key. The relay's write is the same Lua call as ``enqueue()``'s,
+which refuses an id whose job or result exists (arq's rule), so a relay that dies
+between its Redis write and its delete, whose rows a second relay then writes again,
+queues each job once. (Only a job that already ran *and* whose result is gone, i.e.
+``keep_result=0``, in the few seconds before the second relay takes over, could run
+again.) The job's TTL (``_expires``, or arq's rule) counts from the relay's write.
+Uniqueness (``unique_for``) is checked when the job reaches Redis: a duplicate is then
+dropped and logged as ``job.rejected`` (reason ``unique``), as a plain enqueue would be.
+
+Relays claim rows with ``SELECT ... FOR UPDATE SKIP LOCKED`` in a transaction that
+deletes them after the Redis write, so any number run at once without taking each
+other's rows. Every worker process runs one (while ``ASYNCJOBS_DATABASE_URL`` is set);
+any other process can, with ``App(outbox_relay=True)`` used as ``async with app``.
+
+The relay does not look the job up: it passes the payload through, so a process need
+not import every job module to relay it. A row naming a job no worker knows any more
+goes to the dead letters when a worker claims it (reason ``unknown_job``, payload
+kept), like any payload naming an unknown job. A row Redis refuses (its queue key holds
+something other than a sorted set) stays in the outbox, logged ``outbox.refused`` at
+every try, and is counted in ``asyncjobs status``: nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import structlog
+
+from . import _logs as logs
+from ._arq import REDIS_UNAVAILABLE, Job
+from ._core import Core, EnqueueRequest
+from ._enqueue import (
+    NOT_UNIQUE,
+    WRITTEN,
+    Prepared,
+    prepare,
+    split_options,
+    write_prepared,
+)
+from ._exceptions import AsyncJobsError, EnqueueError
+from .serializer import deserialize
+
+CHANNEL = "asyncjobs_outbox"
+"""The ``LISTEN/NOTIFY`` channel a transactional enqueue notifies at commit."""
+SWEEP_S = 2.0
+"""How often a relay looks for rows without being notified (lost notifications, rows
+left by a relay that died, a Redis that was down)."""
+BATCH = 1000
+"""The most rows one relay transaction moves (one Redis round trip per kind of job)."""
+
+_log = structlog.get_logger("asyncjobs.outbox")
+
+_COLUMNS = "job_id, job_name, queue, score, expires_ms, payload, unique_key, unique_ms"
+_INSERT_ONE = (
+    f"WITH written AS (INSERT INTO asyncjobs.outbox ({_COLUMNS}) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)) "
+    f"SELECT pg_notify('{CHANNEL}', '')"
+)
+_INSERT_MANY = (
+    f"WITH written AS (INSERT INTO asyncjobs.outbox ({_COLUMNS}) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], "
+    "$6::bytea[], $7::text[], $8::bigint[])) "
+    f"SELECT pg_notify('{CHANNEL}', '')"
+)
+_CLAIM = f"SELECT id, {_COLUMNS} FROM asyncjobs.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+_DELETE = "DELETE FROM asyncjobs.outbox WHERE id = ANY($1::bigint[])"
+
+
+# -- the enqueue side ---------------------------------------------------------
+
+
+async def write_rows(conn: Any, jobs: list[Prepared], names: list[str]) -> None:
+    """Insert ``jobs`` (of the jobs ``names``, one each) into the outbox on ``conn``, in
+    its transaction, and notify the relays at commit. One round trip.
+
+    A PostgreSQL error becomes an :class:`EnqueueError` saying the caller's transaction
+    is now aborted (asyncpg's error is its ``__cause__``).
+    """
+    try:
+        if len(jobs) == 1:
+            job = jobs[0]
+            await conn.execute(
+                _INSERT_ONE,
+                job.job_id,
+                names[0],
+                job.queue,
+                job.score,
+                job.expires_ms,
+                job.payload,
+                job.unique_key,
+                job.unique_ms,
+            )
+            return
+        await conn.execute(
+            _INSERT_MANY,
+            [j.job_id for j in jobs],
+            names,
+            [j.queue for j in jobs],
+            [j.score for j in jobs],
+            [j.expires_ms for j in jobs],
+            [j.payload for j in jobs],
+            [j.unique_key for j in jobs],
+            [j.unique_ms for j in jobs],
+        )
+    except asyncpg.UndefinedTableError as exc:
+        raise EnqueueError(
+            "the outbox table asyncjobs.outbox is missing: run `asyncjobs migrate`; "
+            "nothing was enqueued and your transaction is aborted"
+        ) from exc
+    except asyncpg.PostgresError as exc:
+        raise EnqueueError(
+            f"PostgreSQL refused the outbox write ({type(exc).__name__}: {exc}); nothing "
+            "was enqueued and your transaction is aborted"
+        ) from exc
+
+
+async def write_outbox(request: EnqueueRequest) -> Job | None:
+    """The innermost step of the client chain for a transactional enqueue: one outbox row.
+
+    Returns arq's Job for the id the job will have in Redis; until the transaction
+    commits and the relay has moved it, its status there is ``not_found``.
+    """
+    job = prepare(request)
+    name = request.spec.name
+    await write_rows(request.options["_connection"], [job], [name])
+    _log.debug(logs.OUTBOX_WRITTEN, job=name, job_id=job.job_id, queue=job.queue)
+    redis = await request.app.redis()
+    return Job(job.job_id, redis=redis, _queue_name=job.queue, _deserializer=deserialize)
+
+
+async def enqueue(app: Core, job: Any, /, *args: Any, **kwargs: Any) -> Job | None:
+    """:meth:`asyncjobs.App.enqueue` with ``_connection``: the client chain, then
+    :func:`write_outbox` (``_connection`` is checked with the other options)."""
+    spec = app.registry.resolve(job)
+    job_kwargs, options = split_options(spec, args, kwargs)
+    result: Job | None = await app.client_chain(write_outbox)(
+        EnqueueRequest(app, spec, args, job_kwargs, options)
+    )
+    return result
+
+
+class OutboxWrite:
+    """A bulk batch written to the outbox: ``read()`` gives every job as written, as a
+    Redis write's reply would (uniqueness is decided later, by the relay)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    async def read(self) -> list[int]:
+        """``WRITTEN`` for each job of the batch."""
+        return [WRITTEN] * self.count
+
+    async def discard(self) -> None:
+        """Nothing to give back: the rows are the transaction's."""
+
+
+# -- the relay ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The outbox rows committed and not yet in Redis (``asyncjobs status``)."""
+
+    pending: int
+    oldest_age_s: float | None
+    """Seconds since the oldest row was written, ``None`` if there is none."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"pending": n, "oldest_age_s": s}`` for ``asyncjobs status --json``."""
+        return {"pending": self.pending, "oldest_age_s": self.oldest_age_s}
+
+
+async def backlog(app: Core) -> Backlog | None:
+    """How many rows wait in the outbox and how old the oldest is; ``None`` when the
+    outbox table does not exist (migration 0007 not applied)."""
+    pool = await app.db()
+    row = await pool.fetchrow("SELECT to_regclass('asyncjobs.outbox') IS NOT NULL AS present")
+    if row is None or not row["present"]:
+        return None
+    row = await pool.fetchrow(
+        "SELECT count(*) AS pending, "
+        "extract(epoch FROM clock_timestamp() - min(created_at))::float8 AS age "
+        "FROM asyncjobs.outbox"
+    )
+    assert row is not None
+    age = row["age"]
+    return Backlog(int(row["pending"]), None if age is None else round(max(age, 0.0), 3))
+
+
+AfterWrite = Callable[[list[str]], Awaitable[None]]
+
+
+class Relay:
+    """Moves committed outbox rows to Redis: woken by ``NOTIFY``, sweeping every ``sweep``
+    seconds. ``await relay.run()`` runs until cancelled; :meth:`start`/:meth:`stop` run it
+    as a task. :meth:`drain` moves what is there now and returns the count.
+
+    ``after_write`` (tests only) is awaited with the job ids of a batch between its Redis
+    write and its delete, where a relay that dies leaves rows whose jobs are in Redis.
+    """
+
+    def __init__(
+        self,
+        app: Core,
+        *,
+        sweep: float = SWEEP_S,
+        batch: int = BATCH,
+        after_write: AfterWrite | None = None,
+    ) -> None:
+        self.app = app
+        self.sweep = sweep
+        self.batch = batch
+        self._after_write = after_write
+        self._wake = asyncio.Event()
+        self._listener: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        """Run the relay as a task of the running loop (once)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self.run(), name="asyncjobs.outbox")
+
+    async def stop(self) -> None:
+        """Cancel the task :meth:`start` began and wait for it; rows it held roll back."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run(self) -> None:
+        """Relay until cancelled. Failures (Redis or PostgreSQL down) are logged once per
+        outage as ``outbox.relay_failed``; the rows stay and are tried at the next sweep."""
+        try:
+            while True:
+                if self._listener is None:
+                    await self._listen()
+                self._wake.clear()
+                await self._drain_logged()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.sweep):
+                        await self._wake.wait()
+        finally:
+            listener, self._listener = self._listener, None
+            if listener is not None:
+                listener.terminate()
+
+    async def _drain_logged(self) -> None:
+        try:
+            await self.drain()
+        except (*REDIS_UNAVAILABLE, AsyncJobsError, asyncpg.PostgresError, OSError) as exc:
+            if isinstance(exc, asyncpg.UndefinedTableError):
+                return  # not migrated: nobody can have written a row yet
+            if not self._failing:
+                _log.warning(
+                    logs.OUTBOX_RELAY_FAILED,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=self.sweep,
+                )
+            self._failing = True
+            return
+        self._failing = False
+
+    async def drain(self) -> int:
+        """Move every committed row to Redis, batch by batch; the count moved."""
+        moved = 0
+        while True:
+            count = await self.relay_once()
+            moved += count
+            if count < self.batch:
+                return moved
+
+    async def relay_once(self) -> int:
+        """Claim up to ``batch`` rows, write their jobs to Redis, delete the rows, in one
+        transaction; the number of rows claimed (rows Redis refuses stay)."""
+        pool = await self.app.db()
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(_CLAIM, self.batch)
+            if not rows:
+                return 0
+            done = await self._write(rows)
+            if self._after_write is not None:
+                await self._after_write([r["job_id"] for r in rows])
+            await conn.execute(_DELETE, done)
+        return len(rows)
+
+    async def _write(self, rows: list[Any]) -> list[int]:
+        """Write the rows' jobs (one Lua call for the plain ones, one for the unique ones);
+        the ids of the rows whose jobs are now in Redis, or were already."""
+        plain = [r for r in rows if r["unique_key"] is None]
+        unique = [r for r in rows if r["unique_key"] is not None]
+        done: list[int] = []
+        for group in (plain, unique):
+            if group:
+                done += await self._write_group(group)
+        return done
+
+    async def _write_group(self, rows: list[Any]) -> list[int]:
+        jobs = [_prepared(r) for r in rows]
+        what = f"the {len(rows)} outbox job(s) were not (they stay in the outbox)"
+        try:
+            codes = await write_prepared(self.app, jobs, what)
+        except EnqueueError:
+            if len(rows) == 1:
+                _log.error(
+                    logs.OUTBOX_REFUSED,
+                    job=rows[0]["job_name"],
+                    job_id=rows[0]["job_id"],
+                    queue=rows[0]["queue"],
+                    error="Redis refused the write (is the queue key a sorted set?); "
+                    "the row stays in the outbox",
+                )
+                return []
+            # One bad row must not hold the others back: write them one by one.
+            done: list[int] = []
+            for row in rows:
+                done += await self._write_group([row])
+            return done
+        self._count(rows, codes)
+        return [r["id"] for r in rows]
+
+    def _count(self, rows: list[Any], codes: list[int]) -> None:
+        written: Counter[tuple[str, str]] = Counter()
+        for row, code in zip(rows, codes, strict=True):
+            if code == WRITTEN:
+                written[row["job_name"], row["queue"]] += 1
+                continue
+            reason = "unique" if code == NOT_UNIQUE else "duplicate_id"
+            self.app.instruments.job(row["job_name"]).rejected(reason)
+            _log.info(logs.JOB_REJECTED, job=row["job_name"], job_id=row["job_id"], reason=reason)
+        for (name, queue), count in written.items():
+            self.app.instruments.job(name).enqueued(queue, count)
+        _log.debug(logs.OUTBOX_RELAYED, rows=len(rows), written=sum(written.values()))
+
+    async def _listen(self) -> None:
+        """LISTEN on a dedicated connection (best effort: the sweep covers its absence)."""
+        conn: Any = None
+        try:
+            async with asyncio.timeout(self.app.settings.database_timeout):
+                conn = await asyncpg.connect(self.app.settings.require_database_url())
+                await conn.add_listener(CHANNEL, self._notified)
+            conn.add_termination_listener(self._listener_lost)
+        except BaseException as exc:  # cancelled too: never leave it open
+            if conn is not None:
+                conn.terminate()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._listener = conn
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self._wake.set()
+
+    def _listener_lost(self, _conn: Any) -> None:
+        self._listener = None
+        self._wake.set()  # notifications may have been missed: look now
+
+
+def _prepared(row: Any) -> Prepared:
+    return Prepared(
+        row["job_id"],
+        row["queue"],
+        row["score"],
+        row["expires_ms"],
+        bytes(row["payload"]),
+        row["unique_key"],
+        row["unique_ms"],
+    )

@@ -269,7 +269,7 @@ def _serialization_message(
     )
 
 
-def _queue_type_check(stride: int) -> str:
+def queue_type_check(stride: int) -> str:
     """Lua: fail before any write if a job's queue key holds something other than a
     sorted set (a later ZADD would fail after its job key was written)."""
     return f"""
@@ -285,7 +285,7 @@ end
 """
 
 
-_WAKE = (
+WAKE_QUEUES_LUA = (
     WAKE_LUA
     + """
 -- Wake an idle worker of each queue written to (see asyncjobs._claim).
@@ -301,7 +301,7 @@ ENQUEUE_LUA = (
 -- reply is 1 (written) or 0 (duplicate id). A queue key that is not a sorted
 -- set fails the call before anything is written.
 """
-    + _queue_type_check(3)
+    + queue_type_check(3)
     + """local out, woken = {}, {}
 for i = 0, #KEYS / 3 - 1 do
   local k, a = i * 3, i * 4
@@ -315,7 +315,7 @@ for i = 0, #KEYS / 3 - 1 do
   end
 end
 """
-    + _WAKE
+    + WAKE_QUEUES_LUA
     + """return out
 """
 )
@@ -326,7 +326,7 @@ ENQUEUE_UNIQUE_LUA = (
 -- argument, the lock's TTL in ms: a job whose lock is held is not written and
 -- its reply is 2. The lock is taken in the same call as the write.
 """
-    + _queue_type_check(4)
+    + queue_type_check(4)
     + """local out, woken = {}, {}
 for i = 0, #KEYS / 4 - 1 do
   local k, a = i * 4, i * 5
@@ -342,7 +342,7 @@ for i = 0, #KEYS / 4 - 1 do
   end
 end
 """
-    + _WAKE
+    + WAKE_QUEUES_LUA
     + """return out
 """
 )

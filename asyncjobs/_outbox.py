@@ -46,17 +46,25 @@ import asyncpg
 import structlog
 
 from . import _logs as logs
-from ._arq import REDIS_UNAVAILABLE, Job
+from ._arq import (
+    EXPIRES_EXTRA_MS,
+    JOB_PREFIX,
+    REDIS_UNAVAILABLE,
+    RESULT_PREFIX,
+    Job,
+    ResponseError,
+)
 from ._core import Core, EnqueueRequest
 from ._enqueue import (
     NOT_UNIQUE,
+    WAKE_QUEUES_LUA,
     WRITTEN,
     Prepared,
     prepare,
+    queue_type_check,
     split_options,
-    write_prepared,
 )
-from ._exceptions import AsyncJobsError, EnqueueError
+from ._exceptions import AsyncJobsError, EnqueueError, RedisUnavailableError
 from .serializer import deserialize
 
 CHANNEL = "asyncjobs_outbox"
@@ -83,6 +91,72 @@ _INSERT_MANY = (
 )
 _CLAIM = f"SELECT id, {_COLUMNS} FROM asyncjobs.outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
 _DELETE = "DELETE FROM asyncjobs.outbox WHERE id = ANY($1::bigint[])"
+
+MARKER_PREFIX = "asyncjobs:outbox:"
+"""A relay marks each job id it writes (``asyncjobs:outbox:<job id>``) in the same Lua
+call, and removes the marks once the rows' delete has committed. A relay that finds a
+mark left by one that died in between takes the job for written, even if the job has
+run and left no result since (``keep_result`` is 0 by default)."""
+MARKER_TTL_MS = EXPIRES_EXTRA_MS
+"""How long a mark outlives a relay that died before removing it (a day, arq's
+``expires_extra_ms``): longer than PostgreSQL takes to roll back a dead relay's rows."""
+
+RELAY_LUA = (
+    """
+-- As asyncjobs._enqueue's ENQUEUE_LUA, for rows of the outbox. KEYS per job: its job key,
+-- result key, queue, relay mark and uniqueness lock (the mark again if it has none).
+-- ARGV[1]: the marks' TTL (ms); then per job: expiry (ms), score, payload, id, lock TTL
+-- (ms; 0: no lock). A job whose job, result or mark exists is not written (0); one whose
+-- lock is held is not written (2); else it is written with its mark (1).
+"""
+    + queue_type_check(5)
+    + """local out, woken, mark_ms = {}, {}, ARGV[1]
+for i = 0, #KEYS / 5 - 1 do
+  local k, a = i * 5, i * 5 + 1
+  if redis.call('EXISTS', KEYS[k + 1], KEYS[k + 2], KEYS[k + 4]) ~= 0 then
+    out[i + 1] = 0
+  elseif ARGV[a + 5] ~= '0'
+      and not redis.call('SET', KEYS[k + 5], ARGV[a + 4], 'NX', 'PX', ARGV[a + 5]) then
+    out[i + 1] = 2
+  else
+    redis.call('PSETEX', KEYS[k + 1], ARGV[a + 1], ARGV[a + 3])
+    redis.call('ZADD', KEYS[k + 3], ARGV[a + 2], ARGV[a + 4])
+    redis.call('PSETEX', KEYS[k + 4], mark_ms, '1')
+    woken[KEYS[k + 3]] = true
+    out[i + 1] = 1
+  end
+end
+"""
+    + WAKE_QUEUES_LUA
+    + """return out
+"""
+)
+
+
+async def write_relayed(app: Core, jobs: list[Prepared]) -> list[int]:
+    """Write outbox jobs to Redis in one call: per job WRITTEN, DUPLICATE_ID (its job,
+    result or relay mark exists) or NOT_UNIQUE. Raises :class:`RedisUnavailableError`
+    when Redis does not answer in time, :class:`EnqueueError` when it refuses the call
+    (nothing written)."""
+    keys: list[str] = []
+    args: list[str | int | bytes] = [MARKER_TTL_MS]
+    for job in jobs:
+        mark = MARKER_PREFIX + job.job_id
+        keys += [JOB_PREFIX + job.job_id, RESULT_PREFIX + job.job_id, job.queue, mark]
+        keys.append(job.unique_key or mark)
+        args += [job.expires_ms, job.score, job.payload, job.job_id, job.unique_ms]
+    script = await app.script(RELAY_LUA)
+    try:
+        async with asyncio.timeout(app.settings.redis_timeout):
+            codes: list[int] = await script(keys=keys, args=args)
+    except REDIS_UNAVAILABLE as exc:
+        raise RedisUnavailableError(
+            f"Redis is unreachable ({type(exc).__name__}: {exc or 'timed out'}); "
+            f"{len(jobs)} outbox job(s) stay in the outbox for the next try"
+        ) from exc
+    except ResponseError as exc:  # the script checks first, so nothing was written
+        raise EnqueueError(f"Redis refused the write ({exc})") from exc
+    return codes
 
 
 # -- the enqueue side ---------------------------------------------------------
@@ -236,6 +310,9 @@ class Relay:
         self._listener: Any = None
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._markers: list[str] = []
+        self.moved = 0
+        """Rows this relay has taken out of the outbox (their jobs written, or already in Redis)."""
 
     def start(self) -> None:
         """Run the relay as a task of the running loop (once)."""
@@ -296,6 +373,7 @@ class Relay:
         """Claim up to ``batch`` rows, write their jobs to Redis, delete the rows, in one
         transaction; the number of rows claimed (rows Redis refuses stay)."""
         pool = await self.app.db()
+        self._markers = []
         async with pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(_CLAIM, self.batch)
             if not rows:
@@ -304,41 +382,43 @@ class Relay:
             if self._after_write is not None:
                 await self._after_write([r["job_id"] for r in rows])
             await conn.execute(_DELETE, done)
+        self.moved += len(done)
+        await self._forget_markers()
         return len(rows)
 
-    async def _write(self, rows: list[Any]) -> list[int]:
-        """Write the rows' jobs (one Lua call for the plain ones, one for the unique ones);
-        the ids of the rows whose jobs are now in Redis, or were already."""
-        plain = [r for r in rows if r["unique_key"] is None]
-        unique = [r for r in rows if r["unique_key"] is not None]
-        done: list[int] = []
-        for group in (plain, unique):
-            if group:
-                done += await self._write_group(group)
-        return done
+    async def _forget_markers(self) -> None:
+        """The rows are gone for good (committed): their markers are no longer needed.
+        Best effort: a marker left behind expires after :data:`MARKER_TTL_MS`."""
+        markers, self._markers = self._markers, []
+        with contextlib.suppress(*REDIS_UNAVAILABLE):
+            redis = await self.app.redis()
+            async with asyncio.timeout(self.app.settings.redis_timeout):
+                for start in range(0, len(markers), 1000):
+                    await redis.unlink(*markers[start : start + 1000])
 
-    async def _write_group(self, rows: list[Any]) -> list[int]:
-        jobs = [_prepared(r) for r in rows]
-        what = f"the {len(rows)} outbox job(s) were not (they stay in the outbox)"
+    async def _write(self, rows: list[Any]) -> list[int]:
+        """Write the rows' jobs to Redis in one call; the ids of the rows whose jobs are now
+        in Redis (or were already, or were rejected as not unique). One bad row (a queue
+        key that is not a sorted set) does not hold the others back: they are then written
+        one by one, and the rows Redis refuses stay."""
         try:
-            codes = await write_prepared(self.app, jobs, what)
-        except EnqueueError:
-            if len(rows) == 1:
-                _log.error(
-                    logs.OUTBOX_REFUSED,
-                    job=rows[0]["job_name"],
-                    job_id=rows[0]["job_id"],
-                    queue=rows[0]["queue"],
-                    error="Redis refused the write (is the queue key a sorted set?); "
-                    "the row stays in the outbox",
-                )
-                return []
-            # One bad row must not hold the others back: write them one by one.
-            done: list[int] = []
-            for row in rows:
-                done += await self._write_group([row])
-            return done
+            codes = await write_relayed(self.app, [_prepared(r) for r in rows])
+        except EnqueueError as exc:
+            if len(rows) > 1:
+                done: list[int] = []
+                for row in rows:
+                    done += await self._write([row])
+                return done
+            _log.error(
+                logs.OUTBOX_REFUSED,
+                job=rows[0]["job_name"],
+                job_id=rows[0]["job_id"],
+                queue=rows[0]["queue"],
+                error=f"{exc}; the row stays in the outbox",
+            )
+            return []
         self._count(rows, codes)
+        self._markers += [MARKER_PREFIX + r["job_id"] for r in rows]
         return [r["id"] for r in rows]
 
     def _count(self, rows: list[Any], codes: list[int]) -> None:

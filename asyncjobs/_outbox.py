@@ -64,7 +64,7 @@ from ._enqueue import (
     queue_type_check,
     split_options,
 )
-from ._exceptions import AsyncJobsError, EnqueueError, RedisUnavailableError
+from ._exceptions import EnqueueError, RedisUnavailableError
 from .serializer import deserialize
 
 CHANNEL = "asyncjobs_outbox"
@@ -72,6 +72,8 @@ CHANNEL = "asyncjobs_outbox"
 SWEEP_S = 2.0
 """How often a relay looks for rows without being notified (lost notifications, rows
 left by a relay that died, a Redis that was down)."""
+FAILING_SWEEP_S = 60.0
+"""The longest a relay waits between two tries while Redis or PostgreSQL is failing."""
 BATCH = 1000
 """The most rows one relay transaction moves (one Redis round trip per kind of job)."""
 
@@ -309,7 +311,7 @@ class Relay:
         self._wake = asyncio.Event()
         self._listener: Any = None
         self._task: asyncio.Task[None] | None = None
-        self._failing = False
+        self._failures = 0
         self._markers: list[str] = []
         self.moved = 0
         """Rows this relay has taken out of the outbox (their jobs written, or already in Redis)."""
@@ -329,15 +331,18 @@ class Relay:
 
     async def run(self) -> None:
         """Relay until cancelled. Failures (Redis or PostgreSQL down) are logged once per
-        outage as ``outbox.relay_failed``; the rows stay and are tried at the next sweep."""
+        outage as ``outbox.relay_failed``; the rows stay, and are tried again after a wait
+        that doubles from ``sweep`` up to :data:`FAILING_SWEEP_S` while the outage lasts."""
         try:
             while True:
                 if self._listener is None:
                     await self._listen()
                 self._wake.clear()
                 await self._drain_logged()
+                # While failing, look less often (up to once a minute): each try may log.
+                wait = min(self.sweep * 2**self._failures, max(self.sweep, FAILING_SWEEP_S))
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.sweep):
+                    async with asyncio.timeout(wait):
                         await self._wake.wait()
         finally:
             listener, self._listener = self._listener, None
@@ -347,18 +352,17 @@ class Relay:
     async def _drain_logged(self) -> None:
         try:
             await self.drain()
-        except (*REDIS_UNAVAILABLE, AsyncJobsError, asyncpg.PostgresError, OSError) as exc:
-            if isinstance(exc, asyncpg.UndefinedTableError):
-                return  # not migrated: nobody can have written a row yet
-            if not self._failing:
+        except Exception as exc:  # Redis or PostgreSQL down, or a bug: the relay goes on
+            missing = isinstance(exc, asyncpg.UndefinedTableError)  # not migrated (yet)
+            if not self._failures and not missing:  # no rows can exist without the table
                 _log.warning(
                     logs.OUTBOX_RELAY_FAILED,
                     error=f"{type(exc).__name__}: {exc}",
                     retry_in_s=self.sweep,
                 )
-            self._failing = True
+            self._failures = min(self._failures + 1, 10)
             return
-        self._failing = False
+        self._failures = 0
 
     async def drain(self) -> int:
         """Move every committed row to Redis, batch by batch; the count moved."""

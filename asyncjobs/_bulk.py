@@ -262,8 +262,9 @@ class _InFlight:
     ) -> _InFlight:
         sent: SentWrite | OutboxWrite | None = None
         if batch and connection is not None:  # counted as enqueued by the relay
+            redis = await app.redis()  # a missing Redis URL fails before anything is written
             await write_rows(connection, batch, [spec.name] * len(batch))
-            return cls(await app.redis(), spec, batch, results, OutboxWrite(len(batch)))
+            return cls(redis, spec, batch, results, OutboxWrite(len(batch)))
         if batch:  # else every job of the batch was rejected by middleware
             what = (
                 f"the batch of {len(batch)} job(s) may not have been (each job is written whole "

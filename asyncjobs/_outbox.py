@@ -63,6 +63,7 @@ from ._enqueue import (
     prepare,
     queue_type_check,
     split_options,
+    write_job,
 )
 from ._exceptions import EnqueueError, RedisUnavailableError
 from .serializer import deserialize
@@ -213,13 +214,18 @@ async def write_outbox(request: EnqueueRequest) -> Job | None:
     """The innermost step of the client chain for a transactional enqueue: one outbox row.
 
     Returns arq's Job for the id the job will have in Redis; until the transaction
-    commits and the relay has moved it, its status there is ``not_found``.
+    commits and the relay has moved it, its status there is ``not_found``. The Job's
+    client needs ``ASYNCJOBS_REDIS_URL`` set, not Redis up: it connects on first use.
+    A middleware that took ``_connection`` out of the options gets a plain enqueue.
     """
+    conn = request.options.get("_connection")
+    if conn is None:
+        return await write_job(request)
+    redis = await request.app.redis()  # a missing Redis URL fails before anything is written
     job = prepare(request)
     name = request.spec.name
-    await write_rows(request.options["_connection"], [job], [name])
+    await write_rows(conn, [job], [name])
     _log.debug(logs.OUTBOX_WRITTEN, job=name, job_id=job.job_id, queue=job.queue)
-    redis = await request.app.redis()
     return Job(job.job_id, redis=redis, _queue_name=job.queue, _deserializer=deserialize)
 
 

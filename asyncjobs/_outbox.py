@@ -11,12 +11,14 @@ notification or a relay that was down.
 Everything the Redis write needs is decided at enqueue time and kept in the row: the
 job id (``_job_id``, or a new random id), the queue, the score (``_defer_by``,
 ``_defer_until`` and ``_jitter`` count from the enqueue, not the commit), arq's payload
-and the uniqueness lock key. The relay's write is the same Lua call as ``enqueue()``'s,
-which refuses an id whose job or result exists (arq's rule), so a relay that dies
-between its Redis write and its delete, whose rows a second relay then writes again,
-queues each job once. (Only a job that already ran *and* whose result is gone, i.e.
-``keep_result=0``, in the few seconds before the second relay takes over, could run
-again.) The job's TTL (``_expires``, or arq's rule) counts from the relay's write.
+and the uniqueness lock key. The relay's write is ``enqueue()``'s Lua call (arq's rule:
+an id whose job or result exists is not written again) plus a mark per job id
+(:data:`MARKER_PREFIX`), set in the same call and removed once the rows' delete has
+committed. A relay that dies between its Redis write and its delete leaves rows whose
+jobs are in Redis; the relay that takes them next finds the marks and only deletes the
+rows, even if the jobs ran meanwhile and kept no result (``keep_result`` is 0 by
+default): each job is queued once. The job's TTL (``_expires``, or arq's rule) counts
+from the relay's write.
 Uniqueness (``unique_for``) is checked when the job reaches Redis: a duplicate is then
 dropped and logged as ``job.rejected`` (reason ``unique``), as a plain enqueue would be.
 
@@ -76,7 +78,7 @@ left by a relay that died, a Redis that was down)."""
 FAILING_SWEEP_S = 60.0
 """The longest a relay waits between two tries while Redis or PostgreSQL is failing."""
 BATCH = 1000
-"""The most rows one relay transaction moves (one Redis round trip per kind of job)."""
+"""The most rows one relay transaction moves (one Lua call to Redis)."""
 
 _log = structlog.get_logger("asyncjobs.outbox")
 

@@ -20,6 +20,7 @@ from asyncjobs.runner import Worker
 from asyncjobs.testing import ServiceProcess, WorkerProcess
 from tests.conftest import ROOT, cli
 from tests.helpers import eventually, recorded_runs, wait_for_event
+from tests.uniquejobs import sync_account
 from tests.workerjobs import record_args
 
 pytestmark = pytest.mark.slow
@@ -90,6 +91,21 @@ async def test_committed_rows_reach_redis_with_their_ids_and_deferrals(
         await app.enqueue(record_args, 1, _connection=db, _job_id="order-1")
     assert await relay.drain() == 1
     assert await redis.zcard("arq:queue") == 3
+
+
+async def test_uniqueness_is_decided_when_the_job_reaches_redis(
+    app: App, db: asyncpg.Connection, redis: aioredis.Redis
+) -> None:
+    async with db.transaction():  # both rows are written: Redis is not asked here
+        first = await app.enqueue(sync_account, 42, _connection=db)
+        second = await app.enqueue(sync_account, 42, _connection=db)
+        assert await _outbox_rows(db) == 2
+    assert first is not None
+    assert second is not None
+    assert await Relay(app).drain() == 2
+    assert await _outbox_rows(db) == 0
+    queued = [m.decode() for m in await redis.zrange("arq:queue", 0, -1)]
+    assert queued == [first.job_id]
 
 
 async def test_a_connection_outside_a_transaction_is_refused(

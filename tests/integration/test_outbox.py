@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -166,7 +167,7 @@ async def test_a_relay_killed_between_the_redis_write_and_the_delete_queues_the_
         "OUTBOX_TEST_PAUSE": "1",
     }
     relay_process = ServiceProcess(
-        [__import__("sys").executable, "-m", "tests.outboxrelay"], env, ready="relay.started"
+        [sys.executable, "-m", "tests.outboxrelay"], env, ready="relay.started"
     )
     with relay_process:
         async with db.transaction():

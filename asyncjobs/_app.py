@@ -35,6 +35,8 @@ from ._gates import execution_gate
 from ._gates import kill_switch as _kill_switch
 from ._jobs import Registry, default_registry
 from ._middleware import Middleware
+from ._outbox import Relay
+from ._outbox import enqueue as _enqueue_in_transaction
 from ._reconcilers import ReconcilerRegistry, default_reconcilers
 from ._retries import DeadLetters
 from ._schema import migrate
@@ -58,7 +60,10 @@ class App(Core):
     ``kill_switch=False``. ``tracing`` (default ``settings.tracing``,
     ``ASYNCJOBS_TRACING``) adds OpenTelemetry spans (:mod:`asyncjobs._tracing`): its
     client middleware goes last, innermost of those given here, and its execution layer
-    outermost. The pools and the middleware lists are :class:`~asyncjobs._core.Core`'s.
+    outermost. ``outbox_relay=True`` runs a relay of transactional enqueues
+    (``_connection=``, :mod:`asyncjobs._outbox`) in this process from ``async with app``
+    until the App closes; worker processes run one anyway. The pools and the middleware
+    lists are :class:`~asyncjobs._core.Core`'s.
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class App(Core):
         server_middleware: Sequence[Middleware[ExecutionRequest]] = (),
         kill_switch: bool = True,
         tracing: bool | None = None,
+        outbox_relay: bool = False,
     ) -> None:
         super().__init__(
             settings if settings is not None else Settings.from_env(),
@@ -89,9 +95,19 @@ class App(Core):
             self.client_middleware.append(self.tracing.client_middleware)
         self.dead = DeadLetters(self)
         """This App's dead letters: ``await app.dead.list()``, ``retry(id)``, ``purge()``."""
+        self.outbox_relay = Relay(self) if outbox_relay else None
+        """The relay ``outbox_relay=True`` asked for (started by ``async with app``), or None."""
 
     async def __aenter__(self) -> App:
+        if self.outbox_relay is not None:
+            self.outbox_relay.start()
         return self
+
+    async def close(self) -> None:
+        """Stop the outbox relay if one runs, then close the pools (see :class:`Core`)."""
+        if self.outbox_relay is not None:
+            await self.outbox_relay.stop()
+        await super().close()
 
     async def __aexit__(
         self,
@@ -163,7 +179,13 @@ class App(Core):
         checkers check ``args`` and ``kwargs`` against a job function's or class's own
         signature when no ``_option`` is given (the overloads above; see
         :mod:`asyncjobs._typed`).
+
+        ``_connection=conn`` (an asyncpg connection in a transaction) writes the job to
+        the outbox in that transaction instead; it reaches Redis once it commits
+        (:mod:`asyncjobs._outbox`).
         """
+        if kwargs.get("_connection") is not None:
+            return await _enqueue_in_transaction(self, job, *args, **kwargs)
         return await _enqueue(self, job, *args, **kwargs)
 
     def with_options(self, **options: Unpack[EnqueueOptions]) -> WithOptions:
@@ -188,6 +210,7 @@ class App(Core):
         in input order, each job's :class:`~arq.jobs.Job` or ``None`` (rejected by
         middleware, or a duplicate ``_job_id``). Every result is kept: for millions
         of items use :meth:`enqueue_stream`. See :mod:`asyncjobs._bulk`.
+        ``_connection=conn`` writes the batch to the outbox in ``conn``'s transaction.
         """
         return await _enqueue_many(self, job, items, batch_size=batch_size, **options)
 

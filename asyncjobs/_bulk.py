@@ -15,6 +15,11 @@ the arq Job: middleware that needs the Job should only decide before calling
 next. An item that cannot be enqueued (bad arguments, not serializable) raises
 before anything of its batch is written; batches before it stay enqueued, and
 the error says how many jobs that was.
+
+``_connection=conn`` (an asyncpg connection in a transaction) writes each batch to
+the outbox in that transaction (one round trip per batch), for the relay to move
+to Redis once it commits (:mod:`asyncjobs._outbox`); it is given to the call, not
+per item.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from ._enqueue import (
 )
 from ._exceptions import EnqueueError, InvalidOptionError
 from ._metrics_hooks import NO_METER, JobMeter
+from ._outbox import OutboxWrite, write_rows
 from .serializer import deserialize
 
 if TYPE_CHECKING:
@@ -159,6 +165,7 @@ async def enqueue_stream(  # noqa: C901 -- one loop: batching, overlap of sends,
             "items (use Args(..., key=value) for keyword arguments); shared options start with '_'"
         )
     options = split_options(spec, (), options, bind=False)[1]
+    connection = options.get("_connection")
     chain = app.client_chain(_collect)
     done = 0
     collector = _Collector()
@@ -171,6 +178,10 @@ async def enqueue_stream(  # noqa: C901 -- one loop: batching, overlap of sends,
             args, kwargs = _split_item(item)
             try:
                 job_kwargs, job_options = split_options(spec, args, kwargs)
+                if "_connection" in job_options:
+                    raise InvalidOptionError(
+                        "_connection goes to the enqueue_many call itself, not to one item"
+                    )
                 if options:
                     if job_options:
                         job_options = split_options(
@@ -196,7 +207,9 @@ async def enqueue_stream(  # noqa: C901 -- one loop: batching, overlap of sends,
                     in_flight = None
                     done += len(written)
                     yield written
-                in_flight = await _InFlight.send(app, spec, collector.batch, results, done)
+                in_flight = await _InFlight.send(
+                    app, spec, collector.batch, results, done, connection
+                )
                 collector.batch = []
                 results = []
         if in_flight is not None:
@@ -205,7 +218,7 @@ async def enqueue_stream(  # noqa: C901 -- one loop: batching, overlap of sends,
             done += len(written)
             yield written
         if results:
-            last = await _InFlight.send(app, spec, collector.batch, results, done)
+            last = await _InFlight.send(app, spec, collector.batch, results, done, connection)
             yield await last.finish(stats)
     except BaseException as exc:
         if in_flight is not None:
@@ -227,7 +240,7 @@ class _InFlight:
         spec: JobSpec,
         batch: list[Prepared],
         results: list[Any],
-        sent: SentWrite | None,
+        sent: SentWrite | OutboxWrite | None,
         meter: JobMeter = NO_METER,
     ) -> None:
         self.redis = redis
@@ -239,9 +252,19 @@ class _InFlight:
 
     @classmethod
     async def send(
-        cls, app: Core, spec: JobSpec, batch: list[Prepared], results: list[Any], done: int
+        cls,
+        app: Core,
+        spec: JobSpec,
+        batch: list[Prepared],
+        results: list[Any],
+        done: int,
+        connection: Any = None,
     ) -> _InFlight:
-        sent = None
+        sent: SentWrite | OutboxWrite | None = None
+        if batch and connection is not None:  # counted as enqueued by the relay
+            redis = await app.redis()  # a missing Redis URL fails before anything is written
+            await write_rows(connection, batch, [spec.name] * len(batch))
+            return cls(redis, spec, batch, results, OutboxWrite(len(batch)))
         if batch:  # else every job of the batch was rejected by middleware
             what = (
                 f"the batch of {len(batch)} job(s) may not have been (each job is written whole "

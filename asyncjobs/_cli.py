@@ -195,7 +195,8 @@ def check() -> None:
 @_json_option("the status")
 def status(as_json: bool) -> None:
     """Queues (ready, deferred, running, oldest ready job), live workers, dead letters,
-    stopped jobs and reconcilers. Without PostgreSQL, the Redis part alone."""
+    stopped jobs, the outbox backlog and reconcilers. Without PostgreSQL, the Redis part
+    alone."""
     from ._status import snapshot
 
     now = _with_app(snapshot)
@@ -233,6 +234,10 @@ def _status_lines(now: Status) -> list[str]:
             lines.append(
                 f"  {s.job:28} since {s.stopped_at:%Y-%m-%d %H:%M:%S} UTC by {s.stopped_by}{why}"
             )
+    if now.outbox is not None:
+        oldest = now.outbox.oldest_age_s
+        age = "" if oldest is None else f" (oldest {_duration(oldest)})"
+        lines.append(f"outbox: {now.outbox.pending} committed, not yet in Redis{age}")
     lines.append(f"reconcilers: {len(now.reconcilers)}")
     for r in now.reconcilers:
         state = "?" if r.stopped is None else ("STOPPED" if r.stopped else "running")

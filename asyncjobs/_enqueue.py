@@ -25,7 +25,9 @@ import random
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from . import _logs as logs
 from ._arq import (
@@ -73,9 +75,11 @@ ENQUEUE_OPTIONS = frozenset(
         "_job_try",
         "_jitter",
         "_jitter_min",
+        "_connection",
     }
 )
-"""The keyword options ``enqueue()`` takes: arq's ``enqueue_job`` options, and jitter."""
+"""The keyword options ``enqueue()`` takes: arq's ``enqueue_job`` options, jitter, and
+``_connection`` (a transactional enqueue, :mod:`asyncjobs._outbox`)."""
 
 
 _log = structlog.get_logger("asyncjobs.enqueue")
@@ -174,12 +178,28 @@ def _check_options(job_name: str, options: dict[str, Any]) -> None:  # noqa: C90
             raise InvalidOptionError(f"_jitter_min ({low}s) must be less than _jitter ({high}s)")
     elif "_jitter_min" in options:
         raise InvalidOptionError("_jitter_min needs _jitter: the window is [_jitter_min, _jitter)")
+    if "_connection" in options:
+        _check_connection(options["_connection"])
     job_try = options.get("_job_try")
     if job_try is not None and (
         not isinstance(job_try, int) or isinstance(job_try, bool) or not 1 <= job_try <= MAX_JOB_TRY
     ):
         raise InvalidOptionError(
             f"_job_try must be a whole number from 1 to {MAX_JOB_TRY:,}, not {job_try!r}"
+        )
+
+
+def _check_connection(conn: Any) -> None:
+    if not isinstance(conn, asyncpg.Connection | PoolConnectionProxy):
+        raise InvalidOptionError(
+            f"_connection must be an asyncpg connection (asyncpg.connect() or pool.acquire()), "
+            f"not {type(conn).__name__}"
+        )
+    if not conn.is_in_transaction():
+        raise InvalidOptionError(
+            "_connection is not in a transaction: the outbox row would be committed at once, "
+            "whatever your code does next. Enqueue inside `async with conn.transaction():`, "
+            "or leave _connection out to enqueue straight to Redis"
         )
 
 
@@ -249,7 +269,7 @@ def _serialization_message(
     )
 
 
-def _queue_type_check(stride: int) -> str:
+def queue_type_check(stride: int) -> str:
     """Lua: fail before any write if a job's queue key holds something other than a
     sorted set (a later ZADD would fail after its job key was written)."""
     return f"""
@@ -265,7 +285,7 @@ end
 """
 
 
-_WAKE = (
+WAKE_QUEUES_LUA = (
     WAKE_LUA
     + """
 -- Wake an idle worker of each queue written to (see asyncjobs._claim).
@@ -281,7 +301,7 @@ ENQUEUE_LUA = (
 -- reply is 1 (written) or 0 (duplicate id). A queue key that is not a sorted
 -- set fails the call before anything is written.
 """
-    + _queue_type_check(3)
+    + queue_type_check(3)
     + """local out, woken = {}, {}
 for i = 0, #KEYS / 3 - 1 do
   local k, a = i * 3, i * 4
@@ -295,7 +315,7 @@ for i = 0, #KEYS / 3 - 1 do
   end
 end
 """
-    + _WAKE
+    + WAKE_QUEUES_LUA
     + """return out
 """
 )
@@ -306,7 +326,7 @@ ENQUEUE_UNIQUE_LUA = (
 -- argument, the lock's TTL in ms: a job whose lock is held is not written and
 -- its reply is 2. The lock is taken in the same call as the write.
 """
-    + _queue_type_check(4)
+    + queue_type_check(4)
     + """local out, woken = {}, {}
 for i = 0, #KEYS / 4 - 1 do
   local k, a = i * 4, i * 5
@@ -322,7 +342,7 @@ for i = 0, #KEYS / 4 - 1 do
   end
 end
 """
-    + _WAKE
+    + WAKE_QUEUES_LUA
     + """return out
 """
 )

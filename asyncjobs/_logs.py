@@ -60,6 +60,10 @@ RECONCILER_FINISHED = "reconciler.finished"
 RECONCILER_FAILED = "reconciler.failed"
 DASHBOARD_ACTION = "dashboard.action"
 TRACE_CONTEXT_INVALID = "trace.context_invalid"
+OUTBOX_WRITTEN = "outbox.written"
+OUTBOX_RELAYED = "outbox.relayed"
+OUTBOX_RELAY_FAILED = "outbox.relay_failed"
+OUTBOX_REFUSED = "outbox.refused"
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR

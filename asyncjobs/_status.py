@@ -33,6 +33,7 @@ from ._core import Core
 from ._exceptions import AsyncJobsError, RedisUnavailableError
 from ._liveness import WorkerInfo, registered_workers, worker_jobs_key
 from ._naming import job_of_flag
+from ._outbox import Backlog, backlog
 from ._retries import DeadLetters
 
 if TYPE_CHECKING:
@@ -229,6 +230,9 @@ class Status:
     """How many dead letters each job has (jobs with none are absent)."""
     stopped_jobs: tuple[StoppedJob, ...] | None
     database_error: str | None
+    outbox: Backlog | None = None
+    """Transactional enqueues committed and not yet in Redis (``None``: PostgreSQL could
+    not be read, or the outbox table is not there yet)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON document of ``asyncjobs status --json`` (keys in the README)."""
@@ -244,6 +248,7 @@ class Status:
             else [{"job_name": name, "count": count} for name, count in dead.items()],
             "stopped_jobs": None if stopped is None else [s.as_dict() for s in stopped],
             "reconcilers": [r.as_dict() for r in self.reconcilers],
+            "outbox": None if self.outbox is None else self.outbox.as_dict(),
         }
 
     def to_json(self) -> str:
@@ -355,6 +360,7 @@ async def snapshot(app: App) -> Status:
     queues, workers = await read_redis(app)
     dead: dict[str, int] | None = None
     flags: list[Flag] | None = None
+    outbox: Backlog | None = None
     error: str | None = None
     if app.settings.database_url is None:
         error = "not configured (ASYNCJOBS_DATABASE_URL is not set)"
@@ -362,6 +368,7 @@ async def snapshot(app: App) -> Status:
         try:
             dead = await dead_letter_counts(app)
             flags = await app.flags.list()
+            outbox = await backlog(app)
         except DATABASE_ERRORS as exc:
             dead, flags, error = None, None, database_problem(exc)
     states = None if flags is None else {f.name: f.enabled for f in flags}
@@ -373,6 +380,7 @@ async def snapshot(app: App) -> Status:
         dead_letters=dead,
         stopped_jobs=None if flags is None else tuple(stopped_jobs(flags)),
         database_error=error,
+        outbox=outbox,
     )
 
 

@@ -18,7 +18,8 @@ per batch; when the queues are empty, block on the wake-up lists (polling
 every ``ASYNCJOBS_POLL_DELAY`` at most). A heartbeat task renews the
 worker's registration and hands dead workers' jobs back
 (:mod:`asyncjobs._liveness`); a cron task enqueues the runs of the reconcilers and
-of the scheduled jobs (:mod:`asyncjobs._schedule`).
+of the scheduled jobs (:mod:`asyncjobs._schedule`); with PostgreSQL configured, a
+relay moves committed transactional enqueues to Redis (:mod:`asyncjobs._outbox`).
 
 Stopping: SIGTERM or SIGINT stops claiming, lets running jobs finish for up
 to ``ASYNCJOBS_SHUTDOWN_GRACE`` seconds, then cancels the rest and hands them
@@ -88,6 +89,7 @@ from ._liveness import (
 )
 from ._metrics_hooks import Health
 from ._metrics_server import MetricsServer, open_server
+from ._outbox import Relay
 from ._pooling import session_needed_message
 from ._runnables import (
     JobEnd,
@@ -233,6 +235,10 @@ class Worker:
             if self.cron_jobs:
                 cron = asyncio.create_task(self._cron_loop(), name="asyncjobs.cron")
                 self._background.append(cron)
+            if self.app.settings.database_url is not None:  # transactional enqueues' relay
+                self._background.append(
+                    asyncio.create_task(Relay(self.app).run(), name="asyncjobs.outbox")
+                )
             _log.info(
                 logs.WORKER_STARTED,
                 worker_id=self.id,

@@ -609,6 +609,7 @@ CASES.update(
     {"enqueue.unique_for": enqueue_unique_for, "worker.exclusive.noop": worker_exclusive_noop}
 )
 
+from benchmarks.outbox_cases import OUTBOX_CASES  # noqa: E402 -- they use the helpers above
 from benchmarks.scale_cases import SCALE_CASES  # noqa: E402 -- they use the helpers above
 from benchmarks.tracing_cases import TRACING_CASES  # noqa: E402 -- they use the helpers above
 from benchmarks.web_cases import WEB_CASES  # noqa: E402 -- they use the helpers above
@@ -618,3 +619,4 @@ CASES.update(WORKER_CASES)
 CASES.update(TRACING_CASES)
 CASES.update(WEB_CASES)
 CASES.update(SCALE_CASES)
+CASES.update(OUTBOX_CASES)

@@ -114,7 +114,9 @@ async def test_status_and_every_json_list_match_a_known_state(
         "dead_letters",
         "stopped_jobs",
         "reconcilers",
+        "outbox",
     }
+    assert doc["outbox"] == {"pending": 0, "oldest_age_s": None}
     assert before - 1 <= _when(doc["at"]).timestamp() <= after + 1
     queues = {q["name"]: q for q in doc["queues"]}
     assert [q["name"] for q in doc["queues"]] == ["arq:queue", "billing", "extra:only"]
@@ -178,6 +180,7 @@ async def test_status_and_every_json_list_match_a_known_state(
     stopped_lines = _section(lines, "stopped jobs: 3")
     assert [x.split()[0] for x in stopped_lines] == ["gone_job", "pending_rows", "stamp"]
     assert stopped_lines[2].endswith("by ops: maintenance")
+    assert "outbox: 0 committed, not yet in Redis" in lines
     (reconciler_line,) = _section(lines, "reconcilers: 1")
     assert reconciler_line.split()[::4] == ["pending_rows", "STOPPED"]
 

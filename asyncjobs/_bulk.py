@@ -43,10 +43,8 @@ from ._enqueue import (
 )
 from ._exceptions import EnqueueError, InvalidOptionError
 from ._metrics_hooks import NO_METER, JobMeter
-from .serializer import deserialize
 
 if TYPE_CHECKING:
-    from ._arq import ArqRedis
     from ._jobs import JobSpec
 
 MAX_BATCH = 10_000
@@ -219,18 +217,16 @@ async def enqueue_stream(  # noqa: C901 -- one loop: batching, overlap of sends,
 class _InFlight:
     """A batch whose write is sent; its reply is read once the next batch is prepared."""
 
-    __slots__ = ("batch", "meter", "redis", "results", "sent", "spec")
+    __slots__ = ("batch", "meter", "results", "sent", "spec")
 
     def __init__(
         self,
-        redis: ArqRedis,
         spec: JobSpec,
         batch: list[Prepared],
         results: list[Any],
         sent: SentWrite | None,
         meter: JobMeter = NO_METER,
     ) -> None:
-        self.redis = redis
         self.spec = spec
         self.batch = batch
         self.results = results
@@ -249,7 +245,7 @@ class _InFlight:
                 "_job_id makes a retry safe)"
             )
             sent = await send_prepared(app, batch, what)
-        return cls(await app.redis(), spec, batch, results, sent, app.instruments.job(spec.name))
+        return cls(spec, batch, results, sent, app.instruments.job(spec.name))
 
     async def abandon(self, stats: BulkStats | None, *, cancel: bool) -> None:
         """The stream failed (or, ``cancel``, is cancelled or closed) with this batch sent.
@@ -272,7 +268,6 @@ class _InFlight:
         sent, self.sent = self.sent, None
         written = await sent.read() if sent is not None else []
         batch = self.batch
-        redis = self.redis
         out: list[Job | None] = []
         duplicates = not_unique = 0
         for result in self.results:
@@ -280,14 +275,8 @@ class _InFlight:
                 prepared = batch[result.index]
                 code = written[result.index]
                 if code == WRITTEN:
-                    out.append(
-                        Job(
-                            prepared.job_id,
-                            redis=redis,
-                            _queue_name=prepared.queue,
-                            _deserializer=deserialize,
-                        )
-                    )
+                    assert sent is not None  # a batch with jobs in it was sent
+                    out.append(sent.job(prepared))
                 else:
                     if code == NOT_UNIQUE:
                         not_unique += 1

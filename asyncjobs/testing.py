@@ -1,8 +1,12 @@
-"""Helpers for testing code that uses asyncjobs, against real servers.
+"""Helpers for testing code that uses asyncjobs.
 
+``capture()`` collects what the code under test enqueues, through the real client
+chain, and runs it in process (``await jobs.run_all()``; see :mod:`asyncjobs._capture`).
 ``EmbeddedServices`` starts throwaway Redis and PostgreSQL; ``WorkerProcess``
 runs ``arq asyncjobs.WorkerSettings`` as a real subprocess and waits until it
 is ready; ``ServiceProcess`` does the same for any command (a web app, say).
+The pytest plugin (loaded by installing the package) gives the fixtures
+``asyncjobs_services`` and ``asyncjobs_worker`` on top of them.
 """
 
 from __future__ import annotations
@@ -16,9 +20,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
+from ._capture import Capture, CapturedJob, CapturedJobHandle, capture
+from ._exceptions import RunLimitError
 from ._services import EmbeddedServices, free_port
 
-__all__ = ["EmbeddedServices", "ServiceProcess", "WorkerProcess", "free_port"]
+__all__ = [
+    "Capture",
+    "CapturedJob",
+    "CapturedJobHandle",
+    "EmbeddedServices",
+    "RunLimitError",
+    "ServiceProcess",
+    "WorkerProcess",
+    "capture",
+    "free_port",
+]
 
 
 class ServiceProcess:

@@ -77,18 +77,18 @@ def _imports(config: pytest.Config) -> str:
 
 
 @pytest.fixture
-def asyncjobs_worker(
-    asyncjobs_services: EmbeddedServices, pytestconfig: pytest.Config
-) -> Iterator[WorkerProcess]:
+def asyncjobs_worker(request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
     """A worker process on ``asyncjobs_services``, ready when the test starts."""
+    pytestconfig = request.config
     imports = _imports(pytestconfig)
-    if not imports:
+    if not imports:  # said before the servers take their time to start
         pytest.fail(
             "asyncjobs_worker needs the modules that define your jobs: set "
             f"`{INI_IMPORTS} = myapp.jobs` in your pytest configuration, or "
             "ASYNCJOBS_IMPORTS=myapp.jobs",
             pytrace=False,
         )
+    asyncjobs_services: EmbeddedServices = request.getfixturevalue("asyncjobs_services")
     root = str(pytestconfig.rootpath)
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     env = {**asyncjobs_services.environ, "ASYNCJOBS_IMPORTS": imports, "PYTHONPATH": path}

@@ -52,7 +52,7 @@ from typing import Any, Literal, Self, cast
 from ._app import App
 from ._arq import REDIS_UNAVAILABLE, Job, JobStatus, Retry, ms_to_datetime
 from ._core import Core, ExecutionRequest, JobContext
-from ._enqueue import DIVERSIONS, DUPLICATE_ID, NOT_UNIQUE, WRITTEN, Prepared
+from ._enqueue import DIVERSIONS, DUPLICATE_ID, NOT_UNIQUE, TRACE_CONTEXT_KEY, WRITTEN, Prepared
 from ._exceptions import (
     AsyncJobsError,
     ConfigurationError,
@@ -88,7 +88,10 @@ class CapturedJob:
     """When it would have been due (``_defer_by`` and the like); run_all does not wait."""
     enqueue_time: datetime
     app: Core = field(repr=False)
+    score: int = field(default=0, repr=False)
+    """``run_at`` in milliseconds, arq's queue score (``ctx["score"]``)."""
     unique_key: str | None = field(default=None, repr=False)
+    trace_context: object = field(default=None, repr=False)
     status: Status = "queued"
     tries: int = 0
     result: Any = None
@@ -195,7 +198,9 @@ class Capture:
                 run_at=ms_to_datetime(job.score),
                 enqueue_time=ms_to_datetime(data["et"]),
                 app=app,
+                score=job.score,
                 unique_key=job.unique_key,
+                trace_context=data.get(TRACE_CONTEXT_KEY),
             )
             self.enqueued.append(captured)
             self._waiting.append(captured)
@@ -307,9 +312,11 @@ class Capture:
             "job_id": job.job_id,
             "job_try": job.tries,
             "enqueue_time": job.enqueue_time,
-            "score": int(job.run_at.timestamp() * 1000),
+            "score": job.score,
             "queue_name": job.queue,
         }
+        if job.trace_context is not None:  # for tracing's execution layer, as in a worker
+            ctx["trace_context"] = job.trace_context
         if app.settings.redis_url is not None:
             ctx["redis"] = await app.redis()
         request = ExecutionRequest(app, spec, ctx, job.args, dict(job.kwargs))

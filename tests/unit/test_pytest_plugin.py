@@ -4,11 +4,11 @@ runs a user's tests with it)."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import tomllib
 
 from tests.conftest import ROOT
-from tests.unit.conftest import SERVER_FIXTURES
 
 
 def test_the_package_declares_its_pytest_plugin_whose_fixtures_clash_with_none() -> None:
@@ -17,4 +17,8 @@ def test_the_package_declares_its_pytest_plugin_whose_fixtures_clash_with_none()
     plugin = importlib.import_module("asyncjobs._pytest")
     fixtures = {"asyncjobs_services", "asyncjobs_worker"}
     assert fixtures <= set(dir(plugin))
-    assert not fixtures & SERVER_FIXTURES
+    tree = ast.parse((ROOT / "tests" / "integration" / "conftest.py").read_text())
+    suites = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    suites |= {n.name for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef)}
+    assert {"servers", "redis_url", "database_url", "app"} <= suites
+    assert not fixtures & suites

@@ -49,10 +49,8 @@ from ._enqueue import (
 from ._exceptions import EnqueueError, InvalidOptionError
 from ._metrics_hooks import NO_METER, JobMeter
 from ._outbox import OutboxWrite, write_rows
-from .serializer import deserialize
 
 if TYPE_CHECKING:
-    from ._arq import ArqRedis
     from ._jobs import JobSpec
 
 MAX_BATCH = 10_000
@@ -232,18 +230,16 @@ async def enqueue_stream(  # noqa: C901 -- one loop: batching, overlap of sends,
 class _InFlight:
     """A batch whose write is sent; its reply is read once the next batch is prepared."""
 
-    __slots__ = ("batch", "meter", "redis", "results", "sent", "spec")
+    __slots__ = ("batch", "meter", "results", "sent", "spec")
 
     def __init__(
         self,
-        redis: ArqRedis,
         spec: JobSpec,
         batch: list[Prepared],
         results: list[Any],
         sent: SentWrite | OutboxWrite | None,
         meter: JobMeter = NO_METER,
     ) -> None:
-        self.redis = redis
         self.spec = spec
         self.batch = batch
         self.results = results
@@ -264,7 +260,7 @@ class _InFlight:
         if batch and connection is not None:  # counted as enqueued by the relay
             redis = await app.redis()  # a missing Redis URL fails before anything is written
             await write_rows(connection, batch, [spec.name] * len(batch))
-            return cls(redis, spec, batch, results, OutboxWrite(len(batch)))
+            return cls(spec, batch, results, OutboxWrite(redis, len(batch)))
         if batch:  # else every job of the batch was rejected by middleware
             what = (
                 f"the batch of {len(batch)} job(s) may not have been (each job is written whole "
@@ -272,7 +268,7 @@ class _InFlight:
                 "_job_id makes a retry safe)"
             )
             sent = await send_prepared(app, batch, what)
-        return cls(await app.redis(), spec, batch, results, sent, app.instruments.job(spec.name))
+        return cls(spec, batch, results, sent, app.instruments.job(spec.name))
 
     async def abandon(self, stats: BulkStats | None, *, cancel: bool) -> None:
         """The stream failed (or, ``cancel``, is cancelled or closed) with this batch sent.
@@ -295,7 +291,6 @@ class _InFlight:
         sent, self.sent = self.sent, None
         written = await sent.read() if sent is not None else []
         batch = self.batch
-        redis = self.redis
         out: list[Job | None] = []
         duplicates = not_unique = 0
         for result in self.results:
@@ -303,14 +298,8 @@ class _InFlight:
                 prepared = batch[result.index]
                 code = written[result.index]
                 if code == WRITTEN:
-                    out.append(
-                        Job(
-                            prepared.job_id,
-                            redis=redis,
-                            _queue_name=prepared.queue,
-                            _deserializer=deserialize,
-                        )
-                    )
+                    assert sent is not None  # a batch with jobs in it was sent
+                    out.append(sent.job(prepared))
                 else:
                     if code == NOT_UNIQUE:
                         not_unique += 1

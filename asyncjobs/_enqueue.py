@@ -23,7 +23,7 @@ import difflib
 import json
 import random
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import asyncpg
 import structlog
@@ -35,6 +35,7 @@ from ._arq import (
     JOB_PREFIX,
     REDIS_UNAVAILABLE,
     RESULT_PREFIX,
+    ArqRedis,
     AsyncScript,
     Job,
     NoScriptError,
@@ -454,20 +455,54 @@ def pack_enqueue(sha: str, jobs: list[Prepared]) -> bytes:
     return b"".join((head, *keys, *argv))
 
 
+class Diversion(Protocol):
+    """Where written jobs go instead of Redis while it is in force (:data:`DIVERSIONS`).
+
+    :func:`asyncjobs.testing.capture` is one: everything above the write (options,
+    payload, the client chain with the kill switch, bulk batching) runs as in
+    production, and only the EVALSHA is replaced.
+    """
+
+    async def write(self, app: Core, jobs: list[Prepared]) -> list[int]:
+        """Per job WRITTEN, DUPLICATE_ID or NOT_UNIQUE, as the enqueue script answers."""
+        ...
+
+    def job(self, app: Core, job: Prepared) -> Job:
+        """What ``enqueue()`` returns for a job :meth:`write` answered WRITTEN."""
+        ...
+
+
+DIVERSIONS: list[Diversion] = []
+"""The diversions in force, the innermost last; while there is one, every write of
+this process goes to it and nothing is written to Redis. Only for tests."""
+
+
 class SentWrite:
     """An enqueue's EVALSHA, sent; :meth:`read` its reply once, or :meth:`discard` it.
 
     Sending and reading are separate so that a bulk enqueue prepares its next
-    batch while Redis runs this one.
+    batch while Redis runs this one. :meth:`job` is what ``enqueue()`` returns for a
+    job of it that was written.
     """
 
-    __slots__ = ("app", "job_ids", "raw", "script", "what")
+    __slots__ = ("app", "job_ids", "raw", "redis", "script", "what")
 
     def __init__(
-        self, app: Core, raw: RawCommand, script: AsyncScript, what: str, job_ids: tuple[str, ...]
+        self,
+        app: Core,
+        raw: RawCommand,
+        script: AsyncScript,
+        what: str,
+        job_ids: tuple[str, ...],
+        redis: ArqRedis,
     ) -> None:
         self.app, self.raw, self.script, self.what = app, raw, script, what
         self.job_ids = job_ids
+        self.redis = redis
+
+    def job(self, job: Prepared) -> Job:
+        """arq's Job for ``job``, one of this write's that was written."""
+        return Job(job.job_id, redis=self.redis, _queue_name=job.queue, _deserializer=deserialize)
 
     async def read(self) -> list[int]:
         """Per job WRITTEN, DUPLICATE_ID or NOT_UNIQUE; waits at most ``redis_timeout``.
@@ -512,6 +547,24 @@ class SentWrite:
         await self.raw.discard()
 
 
+class _Diverted(SentWrite):
+    """A write a :class:`Diversion` took: its reply is known at once; nothing was sent."""
+
+    __slots__ = ("codes", "diversion")
+
+    def __init__(self, app: Core, diversion: Diversion, codes: list[int]) -> None:
+        self.app, self.diversion, self.codes = app, diversion, codes
+
+    async def read(self) -> list[int]:
+        return self.codes
+
+    async def discard(self) -> None:
+        pass
+
+    def job(self, job: Prepared) -> Job:
+        return self.diversion.job(self.app, job)
+
+
 async def send_prepared(app: Core, jobs: list[Prepared], what: str) -> SentWrite:
     """Send the write of ``jobs`` (one EVALSHA); read the reply with :meth:`SentWrite.read`.
 
@@ -519,6 +572,9 @@ async def send_prepared(app: Core, jobs: list[Prepared], what: str) -> SentWrite
     unreachable Redis raises :class:`RedisUnavailableError` within
     ``settings.redis_timeout``, saying that ``what`` enqueued.
     """
+    if DIVERSIONS:
+        diversion = DIVERSIONS[-1]
+        return _Diverted(app, diversion, await diversion.write(app, jobs))
     script = await app.script(ENQUEUE_UNIQUE_LUA if jobs[0].unique_key is not None else ENQUEUE_LUA)
     command = pack_enqueue(script.sha, jobs)
     redis = await app.redis()
@@ -527,7 +583,7 @@ async def send_prepared(app: Core, jobs: list[Prepared], what: str) -> SentWrite
             raw = await RawCommand.send(redis, command)
     except REDIS_UNAVAILABLE as exc:
         raise _unavailable(app, what, exc) from exc
-    return SentWrite(app, raw, script, what, tuple(job.job_id for job in jobs))
+    return SentWrite(app, raw, script, what, tuple(job.job_id for job in jobs), redis)
 
 
 def _unavailable(app: Core, what: str, exc: BaseException) -> RedisUnavailableError:
@@ -548,7 +604,8 @@ async def write_job(request: EnqueueRequest) -> Job | None:
     job = prepare(request)
     app = request.app
     name = request.spec.name
-    (code,) = await write_prepared(app, [job], f"job {name!r} was not")
+    sent = await send_prepared(app, [job], f"job {name!r} was not")
+    (code,) = await sent.read()
     if code != WRITTEN:
         reason = "unique" if code == NOT_UNIQUE else "duplicate_id"
         app.instruments.job(name).rejected(reason)
@@ -556,9 +613,7 @@ async def write_job(request: EnqueueRequest) -> Job | None:
         return None
     app.instruments.job(name).enqueued(job.queue)
     _log.debug(logs.JOB_ENQUEUED, job=name, job_id=job.job_id, queue=job.queue)
-    return Job(
-        job.job_id, redis=await app.redis(), _queue_name=job.queue, _deserializer=deserialize
-    )
+    return sent.job(job)
 
 
 async def enqueue(app: Core, job: Any, /, *args: Any, **kwargs: Any) -> Job | None:

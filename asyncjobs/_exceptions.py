@@ -19,6 +19,7 @@ Every error has one root, so ``except AsyncJobsError`` catches them all::
     │   └── DatabaseUnavailableError
     ├── MigrationError              the runtime's schema could not be applied
     ├── JobFailed                   a job's stored outcome: it raised (``job.result()``)
+    ├── RunLimitError               ``capture().run_all()`` ran its limit of jobs, more were left
     └── CancelError                 ``cancel()`` could not act on that job id
 
 A class's docstring is its default message. Errors from redis-py and asyncpg
@@ -114,6 +115,11 @@ class JobFailed(AsyncJobsError):
         super().__init__(f"{error_class}: {message}" if message else error_class)
         self.error_class = error_class
         self.message = message
+
+
+class RunLimitError(AsyncJobsError):
+    """run_all() ran as many jobs as its limit allows and jobs were still left: a job that
+    enqueues itself without end? Raise the limit with run_all(limit=N) if the work is that large."""
 
 
 class CancelError(AsyncJobsError):

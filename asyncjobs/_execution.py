@@ -311,12 +311,17 @@ async def _invoke(request: ExecutionRequest) -> Any:
     return await request.spec.invoke(request.ctx, request.args, request.kwargs)
 
 
+def execution_chain(
+    spec: JobSpec, app: App, *, dead_letters: bool = True
+) -> Handler[ExecutionRequest]:
+    """:func:`layers`, the App's server middleware, then the job, composed once: what runs
+    one :class:`ExecutionRequest` (in a worker, or in :func:`asyncjobs.testing.capture`)."""
+    return compose([*layers(spec, app, dead_letters=dead_letters), *app.server_middleware], _invoke)
+
+
 def executor(spec: JobSpec, app: App, *, dead_letters: bool = True) -> WorkerCoroutine:
-    """The coroutine the worker runs for ``spec``: :func:`layers`, the App's server
-    middleware, then the job, composed once."""
-    chain = compose(
-        [*layers(spec, app, dead_letters=dead_letters), *app.server_middleware], _invoke
-    )
+    """The coroutine the worker runs for ``spec``: its :func:`execution_chain`."""
+    chain = execution_chain(spec, app, dead_letters=dead_letters)
 
     async def execute(ctx: JobContext, *args: Any, **kwargs: Any) -> Any:
         return await chain(ExecutionRequest(app, spec, ctx, args, kwargs))
@@ -390,6 +395,7 @@ __all__ = [
     "OutOfTries",
     "Outcome",
     "decide",
+    "execution_chain",
     "executor",
     "job_timeout",
     "layers",

@@ -53,6 +53,7 @@ from ._arq import (
     JOB_PREFIX,
     REDIS_UNAVAILABLE,
     RESULT_PREFIX,
+    ArqRedis,
     Job,
     ResponseError,
 )
@@ -246,10 +247,14 @@ class OutboxWrite:
     """A bulk batch written to the outbox: ``read()`` gives every job as written, as a
     Redis write's reply would (uniqueness is decided later, by the relay)."""
 
-    __slots__ = ("count",)
+    __slots__ = ("count", "redis")
 
-    def __init__(self, count: int) -> None:
-        self.count = count
+    def __init__(self, redis: ArqRedis, count: int) -> None:
+        self.redis, self.count = redis, count
+
+    def job(self, job: Prepared) -> Job:
+        """arq's handle on ``job``, as it will be once the relay has moved it to Redis."""
+        return Job(job.job_id, redis=self.redis, _queue_name=job.queue, _deserializer=deserialize)
 
     async def read(self) -> list[int]:
         """``WRITTEN`` for each job of the batch."""

@@ -1,9 +1,13 @@
-"""Helpers for testing code that uses asyncjobs, against real servers.
+"""Helpers for testing code that uses asyncjobs.
 
+``capture()`` collects what the code under test enqueues, through the real client
+chain, and runs it in process (``await jobs.run_all()``; see :mod:`asyncjobs._capture`).
 ``EmbeddedServices`` starts throwaway Redis and PostgreSQL, ``EmbeddedPgBouncer`` a
 PgBouncer in transaction mode in front of one; ``WorkerProcess``
 runs ``arq asyncjobs.WorkerSettings`` as a real subprocess and waits until it
 is ready; ``ServiceProcess`` does the same for any command (a web app, say).
+The pytest plugin (loaded by installing the package) gives the fixtures
+``asyncjobs_services`` and ``asyncjobs_worker`` on top of them.
 """
 
 from __future__ import annotations
@@ -17,14 +21,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
+from ._capture import Capture, CapturedJob, CapturedJobHandle, capture
 from ._embedded_pgbouncer import EmbeddedPgBouncer, find_pgbouncer
+from ._exceptions import RunLimitError
 from ._services import EmbeddedServices, free_port
 
 __all__ = [
+    "Capture",
+    "CapturedJob",
+    "CapturedJobHandle",
     "EmbeddedPgBouncer",
     "EmbeddedServices",
+    "RunLimitError",
     "ServiceProcess",
     "WorkerProcess",
+    "capture",
     "find_pgbouncer",
     "free_port",
 ]

@@ -9,5 +9,8 @@ are backed up on a schedule; deleting one schedules a unique cleanup.
 - ``jobs.py``: the jobs and the reconcilers that make them self-healing
   (run with ``ASYNCJOBS_IMPORTS=examples.provisioning.jobs arq asyncjobs.WorkerSettings``).
 - ``web.py``: the Starlette API (``uvicorn examples.provisioning.web:app``).
+- ``fastapi_app.py`` and ``aiohttp_app.py``: the same API in FastAPI (a lifespan, and a
+  dependency that gives handlers the App) and in aiohttp (a cleanup context);
+  ``service.py`` is what the handlers of all three do.
 - ``demo.py``: ``nox -s demo`` runs all of it and narrates.
 """

@@ -18,6 +18,8 @@ from tests.helpers import Nowhere
 
 SERVER_FIXTURES = frozenset(
     {"servers", "redis_url", "redis", "database_url", "settings", "app", "worker_env"}
+    # asyncjobs' pytest plugin (asyncjobs/_pytest.py)
+    | {"asyncjobs_services", "asyncjobs_worker"}
 )
 
 

@@ -113,8 +113,13 @@ def _parse_value(token: str, where: str) -> int | float | str:
     if _NUMBER.match(token):
         number = float(token)
         return int(number) if number.is_integer() and abs(number) < 2**53 else number
-    if not token or not _BARE.match(token):
+    if not token:
         raise FlagRuleError(f"{where!r} is not an argument rule: the value is missing; {_HOW}")
+    if not _BARE.match(token):
+        raise FlagRuleError(
+            f"{where!r} is not an argument rule: {token!r} is not a value (a number, or a "
+            f"string; quote one with spaces or symbols in it); {_HOW}"
+        )
     return token
 
 
@@ -401,23 +406,25 @@ def _checked_span(span: timedelta, what: str) -> timedelta:
     return span
 
 
-def end_of(until: datetime | timedelta | None, now: datetime | None = None) -> datetime | None:
+def end_of(
+    until: datetime | timedelta | None, now: datetime | None = None, *, what: str = "until"
+) -> datetime | None:
     """When a timed stop ends, in UTC: ``now + until`` for a timedelta, ``until`` for an
-    aware datetime; :class:`FlagRuleError` for zero, a moment not after now, or a naive
-    datetime. ``None`` stays ``None`` (no end)."""
+    aware datetime; :class:`FlagRuleError` (its message starts with ``what``) for zero, a
+    moment not after now, or a naive datetime. ``None`` stays ``None`` (no end)."""
     if until is None:
         return None
     now = now or datetime.now(UTC)
     if isinstance(until, timedelta):
-        return now + _checked_span(until, f"for {until}")
+        return now + _checked_span(until, f"{what} {until}")
     if not isinstance(until, datetime):
-        raise FlagRuleError(f"until={until!r}: give a timedelta or an aware datetime")
+        raise FlagRuleError(f"{what}={until!r}: give a timedelta or an aware datetime")
     if until.tzinfo is None:
-        raise FlagRuleError(f"until={until.isoformat()}: give a time zone (e.g. UTC)")
+        raise FlagRuleError(f"{what} {until.isoformat()}: give a time zone (e.g. UTC)")
     if until <= now:
         raise FlagRuleError(
-            f"until {until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC is not in the future "
+            f"{what}: {until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC is not in the future "
             f"(now {now.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)"
         )
-    _checked_span(until - now, f"until {until.isoformat()}")
+    _checked_span(until - now, what)
     return until.astimezone(UTC)

@@ -415,7 +415,11 @@ class FlagStore:
                 until_end = (min(ends) - [*flags, *rules][0]["db_now"]).total_seconds()
                 self._wake_at(until_end)
                 fresh = min(fresh, now + max(until_end, 0.0))
-            self._fresh_until = 0.0 if self._reload else fresh
+            if self._reload:  # told of a change while reading: read again, soon
+                self._fresh_until = 0.0
+                self._wake_at(0.0)
+            else:
+                self._fresh_until = fresh
             if self._unavailable:
                 self._unavailable = False
                 _log.info(logs.FLAGS_RECOVERED)
@@ -463,8 +467,9 @@ class FlagStore:
         self._snapshot = snapshot
 
     def _wake_at(self, delay: float) -> None:
-        """Load again when the next timed stop ends, so it ends on time in a process that
-        reads no flag then (an idle worker): the load records the end once."""
+        """Load again in ``delay`` seconds: when the next timed stop ends, so it ends on
+        time in a process that reads no flag then (an idle worker; the load records the
+        end, once among all processes), or at once after a change notification."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -585,9 +590,11 @@ class FlagStore:
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         name, _, value = payload.rpartition(":")
-        if not name:  # RELOAD: rules or a timed stop changed
+        if not name:  # RELOAD: rules or a timed stop changed; load now, to know its end
             self._reload = True
             self._fresh_until = 0.0
+            if self._changes is None:  # else the load in flight reads again when done
+                self._wake_at(0.0)
             return
         if self._changes is not None:
             self._changes[name] = value == "1"

@@ -416,7 +416,7 @@ def end_of(
         return None
     now = now or datetime.now(UTC)
     if isinstance(until, timedelta):
-        return now + _checked_span(until, f"{what} {until}")
+        return now + _checked_span(until, f"{what} {until.total_seconds():g}s")
     if not isinstance(until, datetime):
         raise FlagRuleError(f"{what}={until!r}: give a timedelta or an aware datetime")
     if until.tzinfo is None:

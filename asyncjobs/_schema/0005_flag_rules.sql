@@ -20,5 +20,7 @@ CREATE TABLE asyncjobs.flag_rules (
     UNIQUE (job, rule)
 );
 
--- The audit of a rule's addition and removal: the flag's history row names the rule.
-ALTER TABLE asyncjobs.flag_history ADD COLUMN rule text;
+-- The audit: a history row names the rule it added or removed, and the end it set.
+ALTER TABLE asyncjobs.flag_history
+    ADD COLUMN rule       text,           -- the rule's text; NULL for a whole-flag change
+    ADD COLUMN expires_at timestamptz;    -- the end of the timed stop this change set

@@ -18,8 +18,9 @@ with no default and no value, no condition on it holds (``!=`` neither).
 The argument is found by name in the job's signature (the ``JobSpec`` of the
 registry): as a keyword, at its position among the positional arguments, or as its
 default. That binding is compiled once per job and rule set into a :class:`Matcher`,
-so a check costs a few dictionary lookups: single equality and ``in`` rules are one
-hash lookup for all of them together; only the others are tried one by one.
+so a check costs a few dictionary lookups: each rule with an equality (``=``, ``in``)
+is found by one hash lookup of that argument's value, whatever the number of rules;
+only rules made of ranges and ``!=`` alone are tried one by one.
 
 A rule may belong to every job class (:data:`ALL_JOBS`, ``--all-jobs``): it applies to
 each job whose signature has all the rule's arguments, and to no other.
@@ -256,13 +257,17 @@ def check_arguments(spec: JobSpec, conds: Iterable[Condition]) -> None:
 class Matcher:
     """The rules that apply to one job, compiled against its signature.
 
-    :meth:`match` returns the first rule the call's arguments satisfy, or ``None``.
+    :meth:`match` returns a rule the call's arguments satisfy, or ``None``. Each rule with
+    an equality (``=`` or ``in``) is indexed by that condition's values: a call looks up
+    its argument once per indexed argument and tests the rest of only the rules found
+    there. Rules without one (ranges, ``!=``) are tried one by one, fewest conditions first.
     """
 
-    __slots__ = ("_general", "_index", "_slots")
+    __slots__ = ("_index", "_scan", "_slots")
 
     def __init__(self, spec: JobSpec, rules: Iterable[Rule]) -> None:
         named, _ = _parameters(spec)
+        order = list(named)
         slots: dict[str, int] = {}
         self._slots: list[tuple[str, int | None, Any]] = []
 
@@ -274,28 +279,29 @@ class Matcher:
                 default = _MISSING
                 if p is not None:
                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-                        position = list(named).index(arg)
+                        position = order.index(arg)
                     if p.default is not p.empty:
                         default = p.default
                 self._slots.append((arg, position, default))
             return slots[arg]
 
-        index: dict[int, dict[Any, Rule]] = {}
-        general: list[tuple[Rule, tuple[tuple[int, Any], ...]]] = []
+        Tests = tuple[tuple[int, Any], ...]
+        index: dict[int, dict[Any, list[tuple[Rule, Tests]]]] = {}
+        scan: list[tuple[Rule, Tests]] = []
         for rule in sorted(rules, key=lambda r: r.id):
-            if len(rule.conditions) == 1 and rule.conditions[0].op in ("=", "in"):
-                c = rule.conditions[0]
-                table = index.setdefault(slot(c.arg), {})
-                for key in _keys(c):
-                    table.setdefault(key, rule)
-            else:
-                tests = tuple((slot(c.arg), _test(c)) for c in rule.conditions)
-                general.append((rule, tests))
+            key = next((c for c in rule.conditions if c.op in ("=", "in")), None)
+            rest = tuple((slot(c.arg), _test(c)) for c in rule.conditions if c is not key)
+            if key is None:
+                scan.append((rule, rest))
+                continue
+            table = index.setdefault(slot(key.arg), {})
+            for value in _keys(key):
+                table.setdefault(value, []).append((rule, rest))
         self._index = tuple(index.items())
-        self._general = tuple(general)
+        self._scan = tuple(sorted(scan, key=lambda entry: len(entry[1])))
 
     def match(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Rule | None:
-        """The first rule ``args``/``kwargs`` satisfy (lowest id first among the others)."""
+        """A rule ``args``/``kwargs`` satisfy, or ``None``."""
         values = []
         for name, position, default in self._slots:
             value = kwargs.get(name, _MISSING) if kwargs else _MISSING
@@ -305,21 +311,25 @@ class Matcher:
         for i, table in self._index:
             value = values[i]
             try:
-                rule = table.get(value)
+                found = table.get(value)
             except TypeError:  # unhashable: a list or dict argument equals no rule value
                 continue
-            if rule is not None and value.__class__ is not bool:
-                return rule
-        for rule, tests in self._general:
-            for i, test in tests:
-                if not test(values[i]):
-                    break
-            else:
+            if found is None or value.__class__ is bool:
+                continue
+            for rule, tests in found:
+                if not tests or _all(tests, values):
+                    return rule
+        for rule, tests in self._scan:
+            if _all(tests, values):
                 return rule
         return None
 
-    def __len__(self) -> int:
-        return sum(len({id(r) for r in t.values()}) for _, t in self._index) + len(self._general)
+
+def _all(tests: tuple[tuple[int, Any], ...], values: list[Any]) -> bool:
+    for i, test in tests:  # noqa: SIM110 -- a plain loop: all() of a generator costs more
+        if not test(values[i]):
+            return False
+    return True
 
 
 def _keys(c: Condition) -> set[Any]:

@@ -216,12 +216,16 @@ def _status_lines(now: Status) -> list[str]:
             )
     if now.rules:
         lines.append(f"argument rules: {len(now.rules)}")
-        lines += [f"  {r.job:28} {_rule_line(r)}" for r in now.rules]
+        lines += [f"  {_rule_job(r.job):28} {_rule_line(r)}" for r in now.rules]
     lines.append(f"reconcilers: {len(now.reconcilers)}")
     for r in now.reconcilers:
         state = "?" if r.stopped is None else ("STOPPED" if r.stopped else "running")
         lines.append(f"  {r.name:28} {r.job:24} {r.schedule:26} {state}")
     return lines
+
+
+def _rule_job(job: str) -> str:
+    return "(every job)" if job == "*" else job
 
 
 def _duration(seconds: float) -> str:
@@ -460,7 +464,9 @@ def _switch_job(
         return
     click.echo(f"{spec.name} runs: enqueues go through and workers run it.")
     if _app().settings.database_url is not None:
-        rules = _with_app(lambda app: app.flags.rules(spec.name))
+        from ._status import rules_of
+
+        rules = rules_of(spec, _with_app(lambda app: app.flags.rules()))
         if rules:
             click.echo(
                 f"note: {len(rules)} argument rule(s) still stop some of its jobs: "

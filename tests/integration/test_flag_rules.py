@@ -250,3 +250,27 @@ async def test_a_process_that_reads_after_the_end_sees_it_ended_and_records_it_o
         assert [(e.name, e.old_value, e.new_value) for e in events] == [
             ("disable_rebuild_index", True, False)
         ]
+
+
+async def test_the_dashboard_shows_rules_and_timed_stops_on_the_jobs_and_flags_pages(
+    settings: Settings,
+) -> None:
+    import httpx
+
+    from asyncjobs.web import dashboard
+
+    async with App(settings) as app:
+        await app.migrate()
+        await app.flags.disable_where(charge_customer, customer_id=42, reason="<b>dispute</b>")
+        await app.flags.enable("disable_rebuild_index", until=timedelta(hours=1))
+        transport = httpx.ASGITransport(app=dashboard(app))  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash.test") as web:
+            jobs = (await web.get("/jobs")).text
+            job = (await web.get("/jobs/charge_customer")).text
+            flags = (await web.get("/flags")).text
+    assert "rule <code>customer_id=42</code>: rejected 0, skipped 0" in jobs
+    assert "· until " in jobs  # rebuild_index's timed stop
+    assert "<code>customer_id=42</code>" in job
+    assert "&lt;b&gt;dispute&lt;/b&gt;" in flags  # escaped
+    assert "Argument rules" in flags
+    assert "rule <code>customer_id=42</code>" in flags  # in the audit trail

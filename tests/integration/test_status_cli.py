@@ -113,6 +113,7 @@ async def test_status_and_every_json_list_match_a_known_state(
         "postgres",
         "dead_letters",
         "stopped_jobs",
+        "rules",
         "reconcilers",
     }
     assert before - 1 <= _when(doc["at"]).timestamp() <= after + 1
@@ -194,6 +195,7 @@ async def _the_json_lists_match(app: App, env: dict[str, str]) -> None:
         "stopped": False,
         "flag": "disable_count_once",
         "origin": "tests.corejobs.count_once",
+        "rules": [],
     }
     assert jobs["stamp"]["stopped"] is True
     assert jobs["pending_rows"]["stopped"] is True
@@ -215,6 +217,7 @@ async def _the_json_lists_match(app: App, env: dict[str, str]) -> None:
         "skipped": 0,
         "updated_by": "ops",
         "reason": "maintenance",
+        "until": None,
         "job": "stamp",
         "job_registered": True,
     }

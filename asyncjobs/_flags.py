@@ -27,7 +27,6 @@ import asyncio
 import builtins
 import contextlib
 import getpass
-import json
 import re
 import time
 from collections import Counter
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import asyncpg
 import structlog
 
+from . import _flag_writes as writes
 from . import _logs as logs
 from ._exceptions import FlagNameError, FlagRuleError
 from ._naming import STOP_FLAG_PREFIX
@@ -72,14 +72,11 @@ class Database(Protocol):
     def has_db(self) -> bool: ...
 
 
-CHANNEL = "asyncjobs_flags"
-RELOAD = "*"
-"""The notification that asks every process to load the snapshot again (a rule, or a
-timed stop, changed): a payload without ``name:value``, which every version reloads on."""
-SCHEDULE = "schedule"
-"""The actor of a timed stop's end in the history."""
+CHANNEL, RELOAD = writes.CHANNEL, writes.RELOAD
 _FLUSH_AFTER_S = 1.0
 """Counted rejections and skips reach PostgreSQL within about this long."""
+_END_TIMEOUT_S = 5.0
+"""How long ending the timed stops that are over may take (apart from a load)."""
 _GRACE_S = 0.05
 """How much longer than ``flag_timeout`` a caller waits for a shared load."""
 _VALID = re.compile(r"^[a-z][a-z0-9_]{0,127}$")
@@ -162,17 +159,6 @@ class FlagEvent:
     """The end the change set: the stop (or rule) ends by itself then."""
 
 
-_SET_SQL = """
-INSERT INTO asyncjobs.flags (name, enabled, updated_by, reason, expires_at)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (name) DO UPDATE
-SET enabled = EXCLUDED.enabled, updated_at = now(), updated_by = EXCLUDED.updated_by,
-    reason = EXCLUDED.reason, expires_at = EXCLUDED.expires_at
-"""
-_HISTORY_SQL = """
-INSERT INTO asyncjobs.flag_history (name, old_value, new_value, actor, reason, rule, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-"""
 _FLUSH_SQL = """
 INSERT INTO asyncjobs.flag_counters AS c (name, kind, count)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
@@ -207,31 +193,6 @@ FROM asyncjobs.flag_rules WHERE ($1::text IS NULL OR job = $1)
   AND (expires_at IS NULL OR expires_at > now())
 ORDER BY job, id
 """
-_END_FLAGS_SQL = """
-SELECT name, updated_by, reason, expires_at FROM asyncjobs.flags
-WHERE enabled AND expires_at <= now() FOR UPDATE SKIP LOCKED
-"""
-_END_RULES_SQL = """
-DELETE FROM asyncjobs.flag_rules
-WHERE id IN (SELECT id FROM asyncjobs.flag_rules WHERE expires_at <= now()
-             FOR UPDATE SKIP LOCKED)
-RETURNING job, rule, created_by, reason, expires_at
-"""
-
-
-def _rule(row: Any) -> Rule:
-    data = dict(row)
-    data.pop("ended", None)
-    data.pop("db_now", None)
-    conds = json.loads(data.pop("conditions"))
-    data["conditions"] = tuple(Condition.from_json(c) for c in conds)
-    data["text"] = data.pop("rule")
-    return Rule(**data)
-
-
-def _schedule_reason(by: str, reason: str | None, ended: datetime) -> str:
-    why = f": {reason}" if reason else ""
-    return f"timed stop ended at {ended:%Y-%m-%d %H:%M:%S} UTC (set by {by}{why})"
 
 
 class FlagStore:
@@ -261,6 +222,7 @@ class FlagStore:
         self._matchers: dict[str, Matcher | None] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._waking: asyncio.Future[None] | None = None
+        self._ending: asyncio.Future[None] | None = None
         self.loads = 0
         """How many snapshot queries this store ran (for tests and benchmarks)."""
 
@@ -395,8 +357,6 @@ class FlagStore:
                 conn = await pool.acquire()
                 self.loads += 1
                 flags, rules = await self._read(conn)
-                if any(r["ended"] for r in flags) or any(r["ended"] for r in rules):
-                    await self._end_timed_stops(conn)
                 try:
                     await self._flush_counts(conn)
                 except asyncpg.PostgresError as exc:  # counts kept; the snapshot is good
@@ -407,7 +367,14 @@ class FlagStore:
                     loaded.add(name)
                 else:
                     loaded.discard(name)
-            self._install(frozenset(loaded), [_rule(r) for r in rules if not r["ended"]])
+            self._install(
+                frozenset(loaded), [writes.rule_of_row(r) for r in rules if not r["ended"]]
+            )
+            over = any(r["ended"] for r in flags) or any(r["ended"] for r in rules)
+            if over and (self._ending is None or self._ending.done()):
+                # Read as off above; recorded (once, by one process) apart from this
+                # load, so a slow write never holds up the callers waiting on it.
+                self._ending = asyncio.ensure_future(self._end_apart())
             ends = [r["expires_at"] for r in [*flags, *rules] if r["expires_at"] and not r["ended"]]
             now = time.monotonic()
             fresh = now + self.ttl
@@ -483,43 +450,14 @@ class FlagStore:
         self._fresh_until = 0.0
         self._waking = asyncio.ensure_future(self.refresh())
 
-    async def _end_timed_stops(self, conn: Any) -> None:
-        """Turn off the flags and delete the rules whose timed stop is over, each recorded
-        once in the history by the actor ``schedule`` and announced (``flag.changed``
-        here, a notification to the others). Rows another process is ending are skipped."""
-        async with conn.transaction():
-            flags = await conn.fetch(_END_FLAGS_SQL)
-            for f in flags:
-                why = _schedule_reason(f["updated_by"], f["reason"], f["expires_at"])
-                await conn.execute(_SET_SQL, f["name"], False, SCHEDULE, why, None)
-                await conn.execute(_HISTORY_SQL, f["name"], True, False, SCHEDULE, why, None, None)
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{f['name']}:0")
-            rules = await conn.fetch(_END_RULES_SQL)
-            for r in rules:
-                why = _schedule_reason(r["created_by"], r["reason"], r["expires_at"])
-                flag = STOP_FLAG_PREFIX + r["job"]
-                await conn.execute(_HISTORY_SQL, flag, True, False, SCHEDULE, why, r["rule"], None)
-            if rules:
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, RELOAD)
-        for f in flags:
-            _log.info(
-                logs.FLAG_CHANGED,
-                flag=f["name"],
-                old=True,
-                new=False,
-                actor=SCHEDULE,
-                reason=_schedule_reason(f["updated_by"], f["reason"], f["expires_at"]),
-            )
-        for r in rules:
-            _log.info(
-                logs.FLAG_CHANGED,
-                flag=STOP_FLAG_PREFIX + r["job"],
-                rule=r["rule"],
-                old=True,
-                new=False,
-                actor=SCHEDULE,
-                reason=_schedule_reason(r["created_by"], r["reason"], r["expires_at"]),
-            )
+    async def _end_apart(self) -> None:
+        try:
+            async with asyncio.timeout(max(self.timeout, _END_TIMEOUT_S)):
+                pool = await self._app.db()
+                async with pool.acquire() as conn:
+                    await writes.end_timed_stops(conn)
+        except Exception as exc:  # the next load that finds them over tries again
+            _log.warning(logs.FLAGS_UNAVAILABLE, error=f"timed stops not ended yet: {exc}")
 
     def _unreachable(self, exc: BaseException) -> None:
         """Serve the last snapshot (or the fail-open/closed default) for a while; say so once."""
@@ -643,20 +581,10 @@ class FlagStore:
         check_flag_name(name)
         who = actor or default_actor()
         pool = await self._app.db()
-        async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT enabled, expires_at FROM asyncjobs.flags WHERE name = $1 FOR UPDATE",
-                name,
-            )
-            old = None if row is None else row["enabled"]
-            old_end = None if row is None or not old else row["expires_at"]
-            if old is value and old_end == ends:
-                return FlagChange(name, old, value, changed=False, expires_at=old_end)
-            await conn.execute(_SET_SQL, name, value, who, reason, ends)
-            await conn.execute(_HISTORY_SQL, name, old, value, who, reason, None, ends)
-            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{name}:{int(value)}")
-            if ends is not None or old_end is not None:
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, RELOAD)
+        async with pool.acquire() as conn:
+            old, old_end = await writes.set_flag(conn, name, value, who, reason, ends)
+        if old is value and old_end == ends:
+            return FlagChange(name, old, value, changed=False, expires_at=old_end)
         if self._changes is not None:
             self._changes[name] = value
         snapshot = self._snapshot
@@ -699,39 +627,11 @@ class FlagStore:
         who = actor or default_actor()
         flag = STOP_FLAG_PREFIX + name
         pool = await self._app.db()
-        async with pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT id, expires_at FROM asyncjobs.flag_rules WHERE job = $1 AND rule = $2 "
-                "FOR UPDATE",
-                name,
-                text,
-            )
-            if row is not None and row["expires_at"] == ends:
-                return RuleChange(name, text, added=True, changed=False, expires_at=ends)
-            if row is None:
-                await conn.execute(
-                    "INSERT INTO asyncjobs.flag_rules "
-                    "(job, conditions, rule, created_by, reason, expires_at) "
-                    "VALUES ($1, $2::jsonb, $3, $4, $5, $6)",
-                    name,
-                    to_json(conds),
-                    text,
-                    who,
-                    reason,
-                    ends,
-                )
-            else:
-                await conn.execute(
-                    "UPDATE asyncjobs.flag_rules SET expires_at = $2, created_by = $3, "
-                    "reason = $4 WHERE id = $1",
-                    row["id"],
-                    ends,
-                    who,
-                    reason,
-                )
-            old = None if row is None else True
-            await conn.execute(_HISTORY_SQL, flag, old, True, who, reason, text, ends)
-            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, RELOAD)
+        async with pool.acquire() as conn:
+            old = await writes.add_rule(conn, name, to_json(conds), text, who, reason, ends)
+        if old is True:
+            return RuleChange(name, text, added=True, changed=False, expires_at=ends)
+        old = old or None
         self._stale()
         about: dict[str, Any] = {"until": ends.isoformat()} if ends is not None else {}
         _log.info(
@@ -762,17 +662,9 @@ class FlagStore:
         who = actor or default_actor()
         flag = STOP_FLAG_PREFIX + name
         pool = await self._app.db()
-        async with pool.acquire() as conn, conn.transaction():
-            gone = await conn.fetchval(
-                "DELETE FROM asyncjobs.flag_rules WHERE job = $1 AND rule = $2 "
-                "AND (expires_at IS NULL OR expires_at > now()) RETURNING id",
-                name,
-                text,
-            )
-            if gone is None:
+        async with pool.acquire() as conn:
+            if not await writes.remove_rule(conn, name, text, who, reason):
                 return RuleChange(name, text, added=False, changed=False)
-            await conn.execute(_HISTORY_SQL, flag, True, False, who, reason, text, None)
-            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, RELOAD)
         self._stale()
         _log.info(
             logs.FLAG_CHANGED, flag=flag, rule=text, old=True, new=False, actor=who, reason=reason
@@ -812,14 +704,14 @@ class FlagStore:
         async with pool.acquire() as conn:
             await self._flush_counts(conn)
             rows = await conn.fetch(_RULES_SQL, job)
-        return [_rule(r) for r in rows]
+        return [writes.rule_of_row(r) for r in rows]
 
     async def list(self) -> builtins.list[Flag]:
         """Every flag with its state, last change and counters (pending counts flushed
         first; timed stops that are over ended first)."""
         pool = await self._app.db()
         async with pool.acquire() as conn:
-            await self._end_timed_stops(conn)
+            await writes.end_timed_stops(conn)
             await self._flush_counts(conn)
             rows = await conn.fetch(_LIST_SQL)
         return [Flag(**dict(r)) for r in rows]
@@ -846,6 +738,10 @@ class FlagStore:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        ending, self._ending = self._ending, None
+        if ending is not None and not ending.done():  # let it record what it ends
+            with contextlib.suppress(Exception):
+                await ending
         waking, self._waking = self._waking, None
         if waking is not None and not waking.done():
             waking.cancel()

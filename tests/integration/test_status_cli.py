@@ -272,7 +272,7 @@ def test_json_lists_are_one_document_when_empty(redis_url: str, database_url: st
     env = {"ASYNCJOBS_REDIS_URL": redis_url, "ASYNCJOBS_DATABASE_URL": database_url}
     assert cli("migrate", env=env).returncode == 0
     assert _json("jobs", "list", "--json", env=env) == {"jobs": []}
-    assert _json("flags", "list", "--json", env=env) == {"flags": []}
+    assert _json("flags", "list", "--json", env=env) == {"flags": [], "rules": []}
     assert _json("flags", "history", "--json", env=env) == {"history": []}
     assert _json("dead", "list", "--json", env=env) == {"dead_letters": []}
     assert _json("reconcile", "--list", "--json", env=env) == {"reconcilers": []}

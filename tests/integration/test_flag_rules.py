@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from asyncjobs import App, FlagRuleError, Settings
+from asyncjobs.flags import FlagEvent
 from asyncjobs.testing import WorkerProcess
 from tests.conftest import ROOT
 from tests.conftest import cli as run_cli
@@ -246,7 +247,11 @@ async def test_a_process_that_reads_after_the_end_sees_it_ended_and_records_it_o
         await eventually(
             lambda: other.enqueue(rebuild_index, 2), within=15, what="the stop ended by itself"
         )
-        events = [e for e in await app.flags.history() if e.actor == "schedule"]
+
+        async def ended() -> list[FlagEvent]:
+            return [e for e in await app.flags.history() if e.actor == "schedule"]
+
+        events = await eventually(ended, within=15, what="the end recorded by the schedule")
         assert [(e.name, e.old_value, e.new_value) for e in events] == [
             ("disable_rebuild_index", True, False)
         ]

@@ -113,12 +113,15 @@ async def add_rule(
         if row is not None and row["expires_at"] == ends:
             return True
         if row is None:
-            await conn.execute(
+            added = await conn.fetchval(
                 "INSERT INTO asyncjobs.flag_rules "
                 "(job, conditions, rule, created_by, reason, expires_at) "
-                "VALUES ($1, $2::jsonb, $3, $4, $5, $6)",
+                "VALUES ($1, $2::jsonb, $3, $4, $5, $6) "
+                "ON CONFLICT (job, rule) DO NOTHING RETURNING id",
                 *(job, conditions, text, who, reason, ends),
             )
+            if added is None:  # the same rule, added at the same moment by someone else
+                return True
         else:
             await conn.execute(
                 "UPDATE asyncjobs.flag_rules SET expires_at = $2, created_by = $3, reason = $4 "

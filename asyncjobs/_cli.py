@@ -8,6 +8,7 @@ import os
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -231,18 +232,27 @@ def _status_lines(now: Status) -> list[str]:
         lines.append(f"stopped jobs: {len(stopped)}")
         for s in stopped:
             why = f": {s.reason}" if s.reason else ""
+            end = f" until {_utc(s.until)}" if s.until is not None else ""
             lines.append(
-                f"  {s.job:28} since {s.stopped_at:%Y-%m-%d %H:%M:%S} UTC by {s.stopped_by}{why}"
+                f"  {s.job:28} since {s.stopped_at:%Y-%m-%d %H:%M:%S} UTC{end} by {s.stopped_by}"
+                f"{why}"
             )
     if now.outbox is not None:
         oldest = now.outbox.oldest_age_s
         age = "" if oldest is None else f" (oldest {_duration(oldest)})"
         lines.append(f"outbox: {now.outbox.pending} committed, not yet in Redis{age}")
+    if now.rules:
+        lines.append(f"argument rules: {len(now.rules)}")
+        lines += [f"  {_rule_job(r.job):28} {_rule_line(r)}" for r in now.rules]
     lines.append(f"reconcilers: {len(now.reconcilers)}")
     for r in now.reconcilers:
         state = "?" if r.stopped is None else ("STOPPED" if r.stopped else "running")
         lines.append(f"  {r.name:28} {r.job:24} {r.schedule:26} {state}")
     return lines
+
+
+def _rule_job(job: str) -> str:
+    return "(every job)" if job == "*" else job
 
 
 def _duration(seconds: float) -> str:
@@ -271,99 +281,270 @@ def _registry_from_env() -> Any:
 def _stopped_flags() -> dict[str, bool] | None:
     """Each flag's state (the default App's), or ``None`` when no database is configured
     to ask."""
+    known = _flag_state()
+    return None if known is None else {f.name: f.enabled for f in known[0]}
+
+
+def _flag_state() -> tuple[list[Any], list[Any]] | None:
+    """The flags and the argument rules (the default App's), or ``None`` when no database
+    is configured to ask."""
     if _app().settings.database_url is None:
         return None
 
-    async def states(app: App) -> dict[str, bool]:
-        return {f.name: f.enabled for f in await app.flags.list()}
+    async def read(app: App) -> tuple[list[Any], list[Any]]:
+        return await app.flags.list(), await app.flags.rules()
 
-    return _with_app(states)
+    return _with_app(read)
 
 
 @jobs.command("list")
 @_json_option("the jobs")
 def jobs_list(as_json: bool) -> None:
-    """List the registered jobs with their queue, timeout and whether each is stopped; a
-    scheduled job's schedule and next run on a line below it."""
-    from ._status import iso, job_record, job_schedule
+    """List the registered jobs with their queue, timeout and whether each is stopped
+    (whole, for a while, or by argument rules, listed under it); a scheduled job's
+    schedule and next run on a line below it."""
+    from ._status import iso, job_record, job_schedule, rules_of
 
     app = _app()
     registry = app.registry
     if not len(registry) and not as_json:
         click.echo("no jobs registered; set ASYNCJOBS_IMPORTS to the modules that define them")
         return
-    stopped = _stopped_flags() if len(registry) else None
+    known = _flag_state() if len(registry) else None
+    flags = None if known is None else {f.name: f for f in known[0]}
+    rules = None if known is None else known[1]
+    stopped = None if flags is None else {name: f.enabled for name, f in flags.items()}
     if as_json:
         queue = app.settings.queue_name
-        _print_json({"jobs": [job_record(s, s.queue or queue, stopped) for s in registry]})
+        records = [job_record(s, s.queue or queue, stopped, rules) for s in registry]
+        _print_json({"jobs": records})
         return
     click.echo(f"{'job':28} {'queue':12} {'timeout':>8}  {'state':8} {'flag':34} defined in")
     for spec in registry:
         queue = spec.queue or app.settings.queue_name
         timeout = "-" if spec.timeout is None else f"{spec.timeout:g}s"
-        state = "?" if stopped is None else ("STOPPED" if stopped.get(spec.flag) else "running")
+        flag = None if flags is None else flags.get(spec.flag)
+        own = [] if rules is None else rules_of(spec, rules)
+        state = "?" if flags is None else "running"
+        if flag is not None and flag.enabled:
+            state = "STOPPED"
+        elif own:
+            state = "RULES"
         click.echo(
             f"{spec.name:28} {queue:12} {timeout:>8}  {state:8} {spec.flag:34} {spec.origin}"
         )
         schedule, next_run = job_schedule(spec)
         if next_run is not None:
-            click.echo(f"{'':28} {schedule}, next run {iso(next_run)}")
+            click.echo(f"{'':30}{schedule}, next run {iso(next_run)}")
+        if flag is not None and flag.enabled and flag.expires_at is not None:
+            click.echo(f"{'':30}until {_utc(flag.expires_at)} (ends by itself)")
+        for r in own:
+            click.echo(f"{'':30}{_rule_line(r)}")
     if stopped is None:
         click.echo("(state unknown: ASYNCJOBS_DATABASE_URL is not set)")
 
 
-def _change(flag: str, on: bool, actor: str | None, reason: str | None) -> Any:
-    return _with_app(
-        lambda app: (app.flags.enable if on else app.flags.disable)(
-            flag, actor=actor, reason=reason
-        ),
-        imports=False,
+def _rule_line(rule: Any) -> str:
+    """One argument rule for people: what it stops, its counts, its end, who and why."""
+    scope = "every job taking it: " if rule.job == "*" else ""
+    end = f", until {_utc(rule.expires_at)}" if rule.expires_at is not None else ""
+    why = f": {rule.reason}" if rule.reason else ""
+    return (
+        f"rule {scope}{rule.text}  (rejected {rule.rejected}, skipped {rule.skipped}{end}; "
+        f"by {rule.created_by}{why})"
     )
+
+
+def _change(flag: str, on: bool, actor: str | None, reason: str | None, until: Any = None) -> Any:
+    if on:
+        return _with_app(
+            lambda app: app.flags.enable(flag, actor=actor, reason=reason, until=until),
+            imports=False,
+        )
+    return _with_app(lambda app: app.flags.disable(flag, actor=actor, reason=reason), imports=False)
 
 
 def _describe(change: Any) -> str:
     was = {None: "did not exist", True: "was on", False: "was off"}[change.old]
     now = "ON" if change.new else "off"
+    end = f" until {_utc(change.expires_at)}" if change.expires_at is not None else ""
     if not change.changed:
-        return f"{change.name} is already {now}; nothing changed"
-    return f"{change.name} is now {now} ({was})"
+        return f"{change.name} is already {now}{end}; nothing changed"
+    if change.old is True and change.new:
+        return f"{change.name} stays ON, now{end or ' with no end'}"
+    return f"{change.name} is now {now}{end} ({was})"
+
+
+def _utc(moment: Any) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 _reason = click.option("--reason", "-r", help="Why; recorded in the flag's history.")
 _actor = click.option("--actor", help="Who; recorded in history (default: the OS user).")
+_for = click.option(
+    "--for", "for_", metavar="DURATION", help="A timed stop: it ends by itself after 30m, 2h, 1d..."
+)
+_until = click.option(
+    "--until", metavar="TIME", help="A timed stop ending at this UTC time, e.g. 2026-12-01T10:00Z."
+)
+_where = click.option(
+    "--where",
+    multiple=True,
+    metavar="RULE",
+    help="Only the jobs whose argument matches: customer_id=42 (also !=, <, <=, >, >= on "
+    "numbers, 'customer_id in (42,43)'); several are ANDed into one rule.",
+)
 
 
-def _switch_job(job_name: str, stop: bool, actor: str | None, reason: str | None) -> None:
+def _stop_end(for_: str | None, until: str | None) -> datetime | timedelta | None:
+    """The end of a timed stop from ``--for``/``--until``, checked now (one line naming
+    the option that is wrong)."""
+    from ._rules import end_of, parse_for, parse_until
+
+    if for_ is not None and until is not None:
+        raise click.UsageError("give --for or --until, not both")
     try:
-        spec = _registry_from_env().get(job_name)
+        if for_ is not None:
+            return parse_for(for_)
+        if until is not None:
+            return end_of(parse_until(until), what=f"--until {until}")
+    except AsyncJobsError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return None
+
+
+def _parsed_where(where: tuple[str, ...]) -> tuple[Any, ...]:
+    from ._rules import conditions
+
+    try:
+        return conditions(where)
+    except AsyncJobsError as exc:
+        raise click.BadParameter(str(exc), param_hint="--where") from exc
+
+
+def _switch_job(
+    job_name: str | None,
+    stop: bool,
+    actor: str | None,
+    reason: str | None,
+    where: tuple[str, ...] = (),
+    all_jobs: bool = False,
+    end: datetime | timedelta | None = None,
+) -> None:
+    from ._rules import ALL_JOBS, rule_text
+
+    if all_jobs and job_name is not None:
+        raise click.UsageError("give a JOB or --all-jobs, not both")
+    if all_jobs and not where:
+        raise click.UsageError(
+            "--all-jobs goes with --where: it stops the jobs of every class "
+            "that takes that argument"
+        )
+    if not all_jobs and job_name is None:
+        raise click.UsageError("missing argument JOB_NAME (or --all-jobs with --where)")
+    registry = _registry_from_env()
+    try:
+        spec = None if all_jobs else registry.get(job_name)
     except AsyncJobsError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(_describe(_change(spec.flag, stop, actor, reason)))
+    if where:
+        conds = _parsed_where(where)
+        target = ALL_JOBS if spec is None else spec.name
+        who = "every job class taking " + ", ".join(sorted({c.arg for c in conds}))
+        name = who if spec is None else spec.name
+        undo = f"asyncjobs jobs enable {'--all-jobs' if spec is None else spec.name}"
+        undo += "".join(f" --where '{c.text}'" for c in conds)
+        if stop:
+            change = _with_app(
+                lambda app: app.flags.disable_where(
+                    target, *conds, actor=actor, reason=reason, until=end
+                )
+            )
+            ends = (
+                f" until {_utc(change.expires_at)}, then it ends by itself"
+                if (change.expires_at)
+                else ""
+            )
+            if not change.changed:
+                click.echo(f"{name}: the rule {change.rule} is already in force; nothing changed")
+                return
+            click.echo(
+                f"{name}: jobs with {change.rule} are stopped{ends}. Their enqueues return None "
+                f"and their queued copies are skipped by workers (within ASYNCJOBS_FLAG_TTL); "
+                f"other jobs run. Undo: {undo}"
+            )
+            return
+        change = _with_app(
+            lambda app: app.flags.enable_where(target, *conds, actor=actor, reason=reason)
+        )
+        if change.changed:
+            click.echo(f"{name}: the rule {change.rule} is removed; those jobs run again.")
+            return
+        rules = _with_app(lambda app: app.flags.rules(target))
+        listed = "; ".join(r.text for r in rules) or "none"
+        raise click.ClickException(
+            f"{name} has no rule {rule_text(conds)} (its rules: {listed}); nothing changed"
+        )
+    assert spec is not None
+    click.echo(_describe(_change(spec.flag, stop, actor, reason, end)))
     if stop:
         click.echo(
             f"{spec.name} is stopped: new enqueues return None and queued copies are skipped "
             f"by workers (within ASYNCJOBS_FLAG_TTL). Undo: asyncjobs jobs enable {spec.name}"
         )
-    else:
-        click.echo(f"{spec.name} runs: enqueues go through and workers run it.")
+        return
+    click.echo(f"{spec.name} runs: enqueues go through and workers run it.")
+    if _app().settings.database_url is not None:
+        from ._status import rules_of
+
+        rules = rules_of(spec, _with_app(lambda app: app.flags.rules()))
+        if rules:
+            click.echo(
+                f"note: {len(rules)} argument rule(s) still stop some of its jobs: "
+                + "; ".join(r.text for r in rules)
+                + f" (remove one: asyncjobs jobs enable {spec.name} --where '...')"
+            )
 
 
 @jobs.command("disable")
-@click.argument("job_name")
+@click.argument("job_name", required=False)
+@_where
+@click.option("--all-jobs", is_flag=True, help="With --where: every job class taking it.")
+@_for
+@_until
 @_reason
 @_actor
-def jobs_disable(job_name: str, reason: str | None, actor: str | None) -> None:
-    """Stop JOB: turn its disable_<job> flag on. Enqueues are rejected, queued ones skipped."""
-    _switch_job(job_name, True, actor, reason)
+def jobs_disable(
+    job_name: str | None,
+    where: tuple[str, ...],
+    all_jobs: bool,
+    for_: str | None,
+    until: str | None,
+    reason: str | None,
+    actor: str | None,
+) -> None:
+    """Stop JOB: turn its disable_<job> flag on (with --where: add an argument rule that
+    stops only the matching jobs). Enqueues are rejected, queued ones skipped."""
+    end = _stop_end(for_, until)
+    _switch_job(job_name, True, actor, reason, where, all_jobs, end)
 
 
 @jobs.command("enable")
-@click.argument("job_name")
+@click.argument("job_name", required=False)
+@_where
+@click.option("--all-jobs", is_flag=True, help="With --where: remove an all-jobs rule.")
 @_reason
 @_actor
-def jobs_enable(job_name: str, reason: str | None, actor: str | None) -> None:
-    """Let JOB run again: turn its disable_<job> flag off."""
-    _switch_job(job_name, False, actor, reason)
+def jobs_enable(
+    job_name: str | None,
+    where: tuple[str, ...],
+    all_jobs: bool,
+    reason: str | None,
+    actor: str | None,
+) -> None:
+    """Let JOB run again: turn its disable_<job> flag off (with --where: remove that
+    argument rule; exits 1 if it has no such rule)."""
+    _switch_job(job_name, False, actor, reason, where, all_jobs)
 
 
 @jobs.command("cancel")
@@ -389,43 +570,64 @@ def flags() -> None:
 @_json_option("the flags")
 def flags_list(as_json: bool) -> None:
     """Every flag: state, counters of rejected enqueues and skipped runs, last change."""
-    from ._status import flag_record
+    from ._status import flag_record, rule_record
 
     registry = _registry_from_env()
-    rows = _with_app(lambda app: app.flags.list())
+
+    async def read(app: App) -> tuple[list[Any], list[Any]]:
+        return await app.flags.list(), await app.flags.rules()
+
+    rows, rules = _with_app(read)
     if as_json:
         names = registry.names()
-        _print_json({"flags": [flag_record(f, names) for f in rows]})
+        _print_json(
+            {
+                "flags": [flag_record(f, names) for f in rows],
+                "rules": [rule_record(r) for r in rules],
+            }
+        )
         return
-    if not rows:
+    if not rows and not rules:
         click.echo("no flags set")
         return
-    click.echo(
-        f"{'flag':34} {'state':5} {'rejected':>9} {'skipped':>8}  {'changed (UTC)':19} "
-        f"{'by':12} reason"
-    )
     names = registry.names()
+    if rows:
+        click.echo(
+            f"{'flag':34} {'state':5} {'rejected':>9} {'skipped':>8}  {'changed (UTC)':19} "
+            f"{'by':12} reason"
+        )
     for f in rows:
         note = ""
         job = job_of_flag(f.name)
         if job is not None and names and job not in names:
             note = "  [matches no registered job: renamed or removed?]"
+        if f.enabled and f.expires_at is not None:
+            note += f"  [until {_utc(f.expires_at)}]"
         changed = f.updated_at.strftime("%Y-%m-%d %H:%M:%S")
         click.echo(
             f"{f.name:34} {'ON' if f.enabled else 'off':5} {f.rejected:>9} {f.skipped:>8}  "
             f"{changed:19} {f.updated_by[:12]:12} {f.reason or ''}{note}"
         )
+    if rules:
+        click.echo(f"argument rules: {len(rules)}")
+        for r in rules:
+            click.echo(f"  {r.flag:32} {_rule_line(r)}")
     if not names:
         click.echo("(set ASYNCJOBS_IMPORTS to check the flags against registered jobs)")
 
 
 @flags.command("enable")
 @click.argument("flag")
+@_for
+@_until
 @_reason
 @_actor
-def flags_enable(flag: str, reason: str | None, actor: str | None) -> None:
-    """Turn FLAG on."""
-    click.echo(_describe(_change(flag, True, actor, reason)))
+def flags_enable(
+    flag: str, for_: str | None, until: str | None, reason: str | None, actor: str | None
+) -> None:
+    """Turn FLAG on (with --for/--until: it turns itself off again then)."""
+    end = _stop_end(for_, until)
+    click.echo(_describe(_change(flag, True, actor, reason, end)))
     _warn_if_no_such_job(flag)
 
 
@@ -483,8 +685,11 @@ def flags_history(flag: str | None, limit: int, as_json: bool) -> None:
         old = {None: "(new)", True: "on", False: "off"}[e.old_value]
         new = "on" if e.new_value else "off"
         reason = f"  reason: {e.reason}" if e.reason else ""
+        rule = f"  rule {e.rule}" if e.rule else ""
+        end = f"  until {_utc(e.expires_at)}" if e.expires_at is not None else ""
         click.echo(
-            f"{e.at:%Y-%m-%d %H:%M:%S}  {e.name:34} {old:>5} -> {new:3}  by {e.actor}{reason}"
+            f"{e.at:%Y-%m-%d %H:%M:%S}  {e.name:34} {old:>5} -> {new:3}  by {e.actor}"
+            f"{rule}{end}{reason}"
         )
 
 

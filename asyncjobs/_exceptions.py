@@ -5,6 +5,7 @@ Every error has one root, so ``except AsyncJobsError`` catches them all::
     AsyncJobsError
     ├── ConfigurationError          a setting is missing or malformed
     ├── FlagNameError               a flag name that is not lower_snake_case
+    ├── FlagRuleError               an argument rule or a timed stop that cannot be right
     ├── JobDefinitionError          ``@job`` was used on something it cannot run
     │   └── DuplicateJobError       two different jobs claim one job name
     ├── EnqueueError                ``enqueue()`` was called wrongly; nothing was written
@@ -43,6 +44,11 @@ class ConfigurationError(AsyncJobsError):
 
 class FlagNameError(AsyncJobsError):
     """Flag names are lower-case letters, digits and underscores, starting with a letter."""
+
+
+class FlagRuleError(AsyncJobsError):
+    """An argument rule (``--where``) or the end of a timed stop (``--for``, ``--until``)
+    cannot be right; nothing was stored."""
 
 
 class JobDefinitionError(AsyncJobsError):

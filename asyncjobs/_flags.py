@@ -31,16 +31,33 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 import structlog
 
+from . import _flag_writes as writes
 from . import _logs as logs
-from ._exceptions import ConfigurationError, FlagNameError
+from ._exceptions import ConfigurationError, FlagNameError, FlagRuleError
+from ._naming import STOP_FLAG_PREFIX
+from ._rules import (
+    ALL_JOBS,
+    ALL_JOBS_FLAG,
+    Condition,
+    Matcher,
+    Rule,
+    check_arguments,
+    compile_rules,
+    conditions,
+    end_of,
+    rule_text,
+    takes,
+    to_json,
+)
 
 if TYPE_CHECKING:
+    from ._jobs import JobSpec, Registry
     from ._settings import Settings
 
 
@@ -49,6 +66,7 @@ class Database(Protocol):
     to LISTEN."""
 
     settings: Settings
+    registry: Registry
 
     async def db(self) -> asyncpg.Pool: ...
 
@@ -57,9 +75,11 @@ class Database(Protocol):
     def has_db(self) -> bool: ...
 
 
-CHANNEL = "asyncjobs_flags"
+CHANNEL, RELOAD = writes.CHANNEL, writes.RELOAD
 _FLUSH_AFTER_S = 1.0
 """Counted rejections and skips reach PostgreSQL within about this long."""
+_END_TIMEOUT_S = 5.0
+"""How long ending the timed stops that are over may take (apart from a load)."""
 _GRACE_S = 0.05
 """How much longer than ``flag_timeout`` a caller waits for a shared load."""
 _VALID = re.compile(r"^[a-z][a-z0-9_]{0,127}$")
@@ -92,6 +112,23 @@ class FlagChange:
     old: bool | None
     new: bool
     changed: bool
+    expires_at: datetime | None = None
+    """When an enabled flag turns itself off (a timed stop), else ``None``."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleChange:
+    """The result of :meth:`FlagStore.disable_where` / :meth:`FlagStore.enable_where`."""
+
+    job: str
+    """The job's name, or ``"*"`` for a rule on every job class (``--all-jobs``)."""
+    rule: str
+    """The rule's canonical text, e.g. ``customer_id=42``."""
+    added: bool
+    """Whether the rule is in force after the call."""
+    changed: bool
+    """``False``: the rule was already there (with the same end), or not there to remove."""
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +142,8 @@ class Flag:
     reason: str | None
     rejected: int
     skipped: int
+    expires_at: datetime | None = None
+    """When it turns itself off (a timed stop), else ``None``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,30 +156,45 @@ class FlagEvent:
     actor: str
     reason: str | None
     at: datetime
+    rule: str | None = None
+    """The argument rule added (``new_value`` true) or removed, if the change was one."""
+    expires_at: datetime | None = None
+    """The end the change set: the stop (or rule) ends by itself then."""
 
 
-_SET_SQL = """
-INSERT INTO asyncjobs.flags (name, enabled, updated_by, reason) VALUES ($1, $2, $3, $4)
-ON CONFLICT (name) DO UPDATE
-SET enabled = EXCLUDED.enabled, updated_at = now(), updated_by = EXCLUDED.updated_by,
-    reason = EXCLUDED.reason
-"""
-_HISTORY_SQL = """
-INSERT INTO asyncjobs.flag_history (name, old_value, new_value, actor, reason)
-VALUES ($1, $2, $3, $4, $5)
-"""
 _FLUSH_SQL = """
 INSERT INTO asyncjobs.flag_counters AS c (name, kind, count)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
 ON CONFLICT (name, kind) DO UPDATE SET count = c.count + EXCLUDED.count, last_at = now()
 """
+_FLUSH_RULES_SQL = """
+UPDATE asyncjobs.flag_rules r
+SET rejected = r.rejected + u.rejected, skipped = r.skipped + u.skipped
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, rejected, skipped)
+WHERE r.id = u.id
+"""
 _LIST_SQL = """
 SELECT f.name, f.enabled, f.updated_at, f.updated_by, f.reason,
-       coalesce(r.count, 0) AS rejected, coalesce(s.count, 0) AS skipped
+       coalesce(r.count, 0) AS rejected, coalesce(s.count, 0) AS skipped, f.expires_at
 FROM asyncjobs.flags f
 LEFT JOIN asyncjobs.flag_counters r ON r.name = f.name AND r.kind = 'rejected'
 LEFT JOIN asyncjobs.flag_counters s ON s.name = f.name AND s.kind = 'skipped'
 ORDER BY f.name
+"""
+_LOAD_FLAGS_SQL = """
+SELECT name, expires_at, expires_at <= now() AS ended, now() AS db_now
+FROM asyncjobs.flags WHERE enabled
+"""
+_LOAD_RULES_SQL = """
+SELECT id, job, conditions, rule, created_at, created_by, reason, expires_at,
+       rejected, skipped, expires_at <= now() AS ended, now() AS db_now
+FROM asyncjobs.flag_rules ORDER BY id
+"""
+_RULES_SQL = """
+SELECT id, job, conditions, rule, created_at, created_by, reason, expires_at, rejected, skipped
+FROM asyncjobs.flag_rules WHERE ($1::text IS NULL OR job = $1)
+  AND (expires_at IS NULL OR expires_at > now())
+ORDER BY job, id
 """
 
 
@@ -157,12 +211,22 @@ class FlagStore:
         self._fresh_until = 0.0
         self._loading: asyncio.Future[None] | None = None
         self._changes: dict[str, bool] | None = None  # notified during the load in flight
+        self._reload = False  # a reload was asked for during the load in flight
         self._flusher: asyncio.Task[None] | None = None
         self._listening: asyncio.Future[None] | None = None
         self._listener: Any = None
         self._ttl_only = False  # no session to LISTEN on (a transaction pooler): the TTL alone
         self._unavailable = False
+        self._no_rules_table = False
         self._counts: Counter[tuple[str, str]] = Counter()
+        self._rule_counts: Counter[tuple[int, str]] = Counter()
+        self._any_rules = False
+        self._own: dict[str, builtins.list[Rule]] = {}
+        self._everywhere: builtins.list[Rule] = []
+        self._matchers: dict[str, Matcher | None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._waking: asyncio.Future[None] | None = None
+        self._ending: asyncio.Future[None] | None = None
         self.loads = 0
         """How many snapshot queries this store ran (for tests and benchmarks)."""
 
@@ -174,6 +238,52 @@ class FlagStore:
             snapshot = self._snapshot
             return name in snapshot if snapshot is not None else self.fail_closed
         return None
+
+    def check(
+        self, spec: JobSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bool | Rule | None:
+        """What stops this call of ``spec``'s job, from the cache: ``True`` (its flag is
+        on), the first :class:`~asyncjobs._rules.Rule` its arguments match, ``False``
+        (nothing: it runs), or ``None`` when the snapshot is stale. No I/O.
+
+        Without any rule loaded this is :meth:`cached` and one attribute read; the
+        arguments are only looked at when a rule applies to the job."""
+        if time.monotonic() < self._fresh_until:
+            snapshot = self._snapshot
+            if snapshot is None:
+                return self.fail_closed
+            if spec.flag in snapshot:
+                return True
+            if not self._any_rules:
+                return False
+            return self._match(spec, args, kwargs)
+        return None
+
+    def _match(self, spec: JobSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Rule | bool:
+        matchers = self._matchers
+        try:
+            matcher = matchers[spec.name]
+        except KeyError:
+            own = self._own.get(spec.name, ())
+            matcher = matchers[spec.name] = compile_rules(spec, own, self._everywhere)
+        if matcher is None:
+            return False
+        return matcher.match(args, kwargs) or False
+
+    async def decide(
+        self, spec: JobSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bool | Rule:
+        """:meth:`check`, loading the snapshot first when it is stale (one shared load)."""
+        verdict = self.check(spec, args, kwargs)
+        if verdict is not None:
+            return verdict
+        await self.refresh()
+        snapshot = self._snapshot
+        if snapshot is None:
+            return self.fail_closed
+        if spec.flag in snapshot:
+            return True
+        return self._match(spec, args, kwargs) if self._any_rules else False
 
     async def is_enabled(self, name: str) -> bool:
         """Whether flag ``name`` is on; from the cache when fresh, else after one shared load."""
@@ -188,6 +298,14 @@ class FlagStore:
         """Count a rejected enqueue or skipped execution; written to PostgreSQL in batches,
         within about a second (with the next snapshot load, or on their own)."""
         self._counts[(name, kind)] += 1
+        self._flush_later()
+
+    def count_rule(self, rule: Rule, kind: str) -> None:
+        """:meth:`count`, for an argument rule (kept on the rule's row)."""
+        self._rule_counts[(rule.id, kind)] += 1
+        self._flush_later()
+
+    def _flush_later(self) -> None:
         if self._flusher is None or self._flusher.done():
             # Without an event loop, the next load or close() writes them.
             with contextlib.suppress(RuntimeError):
@@ -204,7 +322,7 @@ class FlagStore:
         await self._flush_pending()
 
     async def _flush_pending(self) -> None:
-        if not self._counts:
+        if not self._counts and not self._rule_counts:
             return
         try:
             async with asyncio.timeout(self.timeout):
@@ -234,6 +352,7 @@ class FlagStore:
         # Changes notified while this load runs are newer than (or equal to) what it
         # reads: they are laid over its result, so a load never undoes a change.
         self._changes = {}
+        self._reload = False
         pool: Any = None
         conn: Any = None
         try:
@@ -241,19 +360,37 @@ class FlagStore:
                 pool = await self._app.db()
                 conn = await pool.acquire()
                 self.loads += 1
-                rows = await conn.fetch("SELECT name FROM asyncjobs.flags WHERE enabled")
+                flags, rules = await self._read(conn)
                 try:
                     await self._flush_counts(conn)
                 except asyncpg.PostgresError as exc:  # counts kept; the snapshot is good
                     _log.warning(logs.FLAGS_UNAVAILABLE, error=f"counts not saved: {exc}")
-            loaded = {r[0] for r in rows}
+            loaded = {r["name"] for r in flags if not r["ended"]}
             for name, value in self._changes.items():
                 if value:
                     loaded.add(name)
                 else:
                     loaded.discard(name)
-            self._snapshot = frozenset(loaded)
-            self._fresh_until = time.monotonic() + self.ttl
+            self._install(
+                frozenset(loaded), [writes.rule_of_row(r) for r in rules if not r["ended"]]
+            )
+            over = any(r["ended"] for r in flags) or any(r["ended"] for r in rules)
+            if over and (self._ending is None or self._ending.done()):
+                # Read as off above; recorded (once, by one process) apart from this
+                # load, so a slow write never holds up the callers waiting on it.
+                self._ending = asyncio.ensure_future(self._end_apart())
+            ends = [r["expires_at"] for r in [*flags, *rules] if r["expires_at"] and not r["ended"]]
+            now = time.monotonic()
+            fresh = now + self.ttl
+            if ends:  # the cache goes stale, and a timer loads, when the first one ends
+                until_end = (min(ends) - [*flags, *rules][0]["db_now"]).total_seconds()
+                self._wake_at(until_end)
+                fresh = min(fresh, now + max(until_end, 0.0))
+            if self._reload:  # told of a change while reading: read again, soon
+                self._fresh_until = 0.0
+                self._wake_at(0.0)
+            else:
+                self._fresh_until = fresh
             if self._unavailable:
                 self._unavailable = False
                 _log.info(logs.FLAGS_RECOVERED)
@@ -274,6 +411,61 @@ class FlagStore:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(self.timeout):
                         await pool.release(conn)
+
+    async def _read(self, conn: Any) -> tuple[builtins.list[Any], builtins.list[Any]]:
+        """The enabled flags and the rules, each row with ``ended`` (its timed stop is over).
+        On a schema without migration 0005, the flags alone (said once)."""
+        if not self._no_rules_table:
+            try:
+                return await conn.fetch(_LOAD_FLAGS_SQL), await conn.fetch(_LOAD_RULES_SQL)
+            except (asyncpg.UndefinedColumnError, asyncpg.UndefinedTableError) as exc:
+                self._no_rules_table = True
+                _log.warning(
+                    logs.FLAGS_UNAVAILABLE,
+                    error=f"argument rules and timed stops unavailable ({exc}): "
+                    "run `asyncjobs migrate`",
+                    serving="whole-job flags",
+                )
+        rows = await conn.fetch("SELECT name FROM asyncjobs.flags WHERE enabled")
+        return [{"name": r[0], "ended": False, "expires_at": None} for r in rows], []
+
+    def _install(self, snapshot: frozenset[str], rules: builtins.list[Rule]) -> None:
+        own: dict[str, builtins.list[Rule]] = {}
+        everywhere: builtins.list[Rule] = []
+        for rule in rules:
+            if rule.job == ALL_JOBS:
+                everywhere.append(rule)
+            else:
+                own.setdefault(rule.job, []).append(rule)
+        self._own, self._everywhere, self._matchers = own, everywhere, {}
+        self._any_rules = bool(rules)
+        self._snapshot = snapshot
+
+    def _wake_at(self, delay: float) -> None:
+        """Load again in ``delay`` seconds: when the next timed stop ends, so it ends on
+        time in a process that reads no flag then (an idle worker; the load records the
+        end, once among all processes), or at once after a change notification."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_later(max(delay, 0.0) + 0.01, self._wake)
+
+    def _wake(self) -> None:
+        self._timer = None
+        self._fresh_until = 0.0
+        self._waking = asyncio.ensure_future(self.refresh())
+
+    async def _end_apart(self) -> None:
+        try:
+            async with asyncio.timeout(max(self.timeout, _END_TIMEOUT_S)):
+                pool = await self._app.db()
+                async with pool.acquire() as conn:
+                    await writes.end_timed_stops(conn)
+        except Exception as exc:  # the next load that finds them over tries again
+            _log.warning(logs.FLAGS_UNAVAILABLE, error=f"timed stops not ended yet: {exc}")
 
     def _unreachable(self, exc: BaseException) -> None:
         """Serve the last snapshot (or the fail-open/closed default) for a while; say so once."""
@@ -299,19 +491,31 @@ class FlagStore:
         )
 
     async def _flush_counts(self, conn: Any) -> None:
-        if not self._counts:
-            return
-        counts, self._counts = self._counts, Counter()
-        try:
-            await conn.execute(
-                _FLUSH_SQL,
-                [name for name, _ in counts],
-                [kind for _, kind in counts],
-                [*counts.values()],
-            )
-        except BaseException:
-            self._counts.update(counts)  # keep them for the next flush
-            raise
+        if self._counts:
+            counts, self._counts = self._counts, Counter()
+            try:
+                await conn.execute(
+                    _FLUSH_SQL,
+                    [name for name, _ in counts],
+                    [kind for _, kind in counts],
+                    [*counts.values()],
+                )
+            except BaseException:
+                self._counts.update(counts)  # keep them for the next flush
+                raise
+        if self._rule_counts:
+            ruled, self._rule_counts = self._rule_counts, Counter()
+            ids = sorted({rule_id for rule_id, _ in ruled})
+            try:
+                await conn.execute(
+                    _FLUSH_RULES_SQL,
+                    ids,
+                    [ruled[(i, "rejected")] for i in ids],
+                    [ruled[(i, "skipped")] for i in ids],
+                )
+            except BaseException:
+                self._rule_counts.update(ruled)
+                raise
 
     async def _listen(self) -> None:
         """Subscribe to change notifications on a dedicated connection (best effort).
@@ -344,10 +548,16 @@ class FlagStore:
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         name, _, value = payload.rpartition(":")
-        if name and self._changes is not None:
+        if not name:  # RELOAD: rules or a timed stop changed; load now, to know its end
+            self._reload = True
+            self._fresh_until = 0.0
+            if self._changes is None:  # else the load in flight reads again when done
+                self._wake_at(0.0)
+            return
+        if self._changes is not None:
             self._changes[name] = value == "1"
         snapshot = self._snapshot
-        if snapshot is None or not name:
+        if snapshot is None:
             self._fresh_until = 0.0  # nothing to patch: load on next read
             return
         self._snapshot = snapshot | {name} if value == "1" else snapshot - {name}
@@ -356,47 +566,172 @@ class FlagStore:
         self._listener = None
         self._fresh_until = 0.0  # changes may have been missed: reload on next read
 
+    def _stale(self) -> None:
+        """Load again at the next read (a rule or an end changed here)."""
+        self._reload = True
+        self._fresh_until = 0.0
+
     # -- the operator's side ---------------------------------------------
 
     async def enable(
-        self, name: str, *, actor: str | None = None, reason: str | None = None
+        self,
+        name: str,
+        *,
+        actor: str | None = None,
+        reason: str | None = None,
+        until: datetime | timedelta | None = None,
     ) -> FlagChange:
-        """Turn flag ``name`` on (for ``disable_<job>``: stop that job). Recorded in history."""
-        return await self._set(name, True, actor, reason)
+        """Turn flag ``name`` on (for ``disable_<job>``: stop that job). Recorded in history.
+
+        ``until`` (a timedelta from now, or an aware datetime) makes it a timed stop: the
+        flag turns itself off then, recorded as done by ``schedule``. Enabling a flag that
+        is on with another end (or none) changes its end. :class:`FlagRuleError` for an
+        end of zero or in the past."""
+        return await self._set(name, True, actor, reason, end_of(until))
 
     async def disable(
         self, name: str, *, actor: str | None = None, reason: str | None = None
     ) -> FlagChange:
         """Turn flag ``name`` off. Recorded in history."""
-        return await self._set(name, False, actor, reason)
+        return await self._set(name, False, actor, reason, None)
 
     async def _set(
-        self, name: str, value: bool, actor: str | None, reason: str | None
+        self, name: str, value: bool, actor: str | None, reason: str | None, ends: datetime | None
     ) -> FlagChange:
         check_flag_name(name)
         who = actor or default_actor()
         pool = await self._app.db()
-        async with pool.acquire() as conn, conn.transaction():
-            old = await conn.fetchval(
-                "SELECT enabled FROM asyncjobs.flags WHERE name = $1 FOR UPDATE", name
-            )
-            if old is value:
-                return FlagChange(name, old, value, changed=False)
-            await conn.execute(_SET_SQL, name, value, who, reason)
-            await conn.execute(_HISTORY_SQL, name, old, value, who, reason)
-            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{name}:{int(value)}")
+        async with pool.acquire() as conn:
+            old, old_end = await writes.set_flag(conn, name, value, who, reason, ends)
+        if old is value and old_end == ends:
+            return FlagChange(name, old, value, changed=False, expires_at=old_end)
         if self._changes is not None:
             self._changes[name] = value
         snapshot = self._snapshot
         if snapshot is not None:  # this process need not wait for its own notification
             self._snapshot = snapshot | {name} if value else snapshot - {name}
-        _log.info(logs.FLAG_CHANGED, flag=name, old=old, new=value, actor=who, reason=reason)
-        return FlagChange(name, old, value, changed=True)
+        if ends is not None or old_end is not None:
+            self._stale()  # learn the end, to end it on time
+        about: dict[str, Any] = {"until": ends.isoformat()} if ends is not None else {}
+        _log.info(
+            logs.FLAG_CHANGED, flag=name, old=old, new=value, actor=who, reason=reason, **about
+        )
+        return FlagChange(name, old, value, changed=True, expires_at=ends)
 
-    async def list(self) -> builtins.list[Flag]:
-        """Every flag with its state, last change and counters (pending counts flushed first)."""
+    async def disable_where(
+        self,
+        job: Any,
+        *where: str | Condition,
+        actor: str | None = None,
+        reason: str | None = None,
+        until: datetime | timedelta | None = None,
+        **equals: Any,
+    ) -> RuleChange:
+        """Stop only the jobs of ``job`` whose arguments match: an argument rule.
+
+        ``job`` is a job (name, function or class) or ``"*"`` for every job class whose
+        signature has the rule's arguments. The conditions, all of which must hold, are
+        texts (``"amount>100"``, ``"region in (eu, us)"``) and keywords (``customer_id=42``;
+        a list means ``in``); an argument named like an option here (``actor``,
+        ``reason``, ``until``) is given as text. ``until`` ends the rule by itself.
+
+        Checked before anything is stored (:class:`FlagRuleError`, one line naming the
+        part): each argument is one the job's signature has (from the registry; with
+        ``"*"``, one registered job at least takes them all), the conditions are well
+        formed, the end is after now. The rule and its audit row are written in one
+        transaction. Adding a rule that is there already changes nothing (or only its end).
+        """
+        name, conds = self._rule_of(job, where, equals)
+        text = rule_text(conds)
+        ends = end_of(until)
+        who = actor or default_actor()
+        flag = STOP_FLAG_PREFIX + name
         pool = await self._app.db()
         async with pool.acquire() as conn:
+            old = await writes.add_rule(conn, name, to_json(conds), text, who, reason, ends)
+        if old is True:
+            return RuleChange(name, text, added=True, changed=False, expires_at=ends)
+        old = old or None
+        self._stale()
+        about: dict[str, Any] = {"until": ends.isoformat()} if ends is not None else {}
+        _log.info(
+            logs.FLAG_CHANGED,
+            flag=flag,
+            rule=text,
+            old=old,
+            new=True,
+            actor=who,
+            reason=reason,
+            **about,
+        )
+        return RuleChange(name, text, added=True, changed=True, expires_at=ends)
+
+    async def enable_where(
+        self,
+        job: Any,
+        *where: str | Condition,
+        actor: str | None = None,
+        reason: str | None = None,
+        **equals: Any,
+    ) -> RuleChange:
+        """Remove the argument rule of ``job`` with these conditions (as given to
+        :meth:`disable_where`, in any order): its jobs run again. Recorded in history.
+        ``changed`` is ``False`` when no such rule is in force (:meth:`rules` lists them)."""
+        name, conds = self._rule_of(job, where, equals, check=False)
+        text = rule_text(conds)
+        who = actor or default_actor()
+        flag = STOP_FLAG_PREFIX + name
+        pool = await self._app.db()
+        async with pool.acquire() as conn:
+            if not await writes.remove_rule(conn, name, text, who, reason):
+                return RuleChange(name, text, added=False, changed=False)
+        self._stale()
+        _log.info(
+            logs.FLAG_CHANGED, flag=flag, rule=text, old=True, new=False, actor=who, reason=reason
+        )
+        return RuleChange(name, text, added=False, changed=True)
+
+    def _rule_of(
+        self,
+        job: Any,
+        where: tuple[str | Condition, ...],
+        equals: dict[str, Any],
+        *,
+        check: bool = True,
+    ) -> tuple[str, tuple[Condition, ...]]:
+        """The job's name (or ``"*"``) and the rule's conditions, checked against the
+        registry's signatures."""
+        conds = conditions(where, equals)
+        registry = self._app.registry
+        if job == ALL_JOBS:
+            names = {c.arg for c in conds}
+            if check and not any(takes(spec, names) for spec in registry):
+                listed = ", ".join(sorted(names))
+                raise FlagRuleError(
+                    f"no registered job takes {listed}: a rule on every job would stop "
+                    "nothing (import the job modules: ASYNCJOBS_IMPORTS); nothing was stored"
+                )
+            return ALL_JOBS, conds
+        spec = registry.resolve(job)
+        if check:
+            check_arguments(spec, conds)
+        return spec.name, conds
+
+    async def rules(self, job: str | None = None) -> builtins.list[Rule]:
+        """The argument rules in force (of ``job``'s name, or ``"*"``, if given), with
+        their counters (pending counts flushed first), by job then age."""
+        pool = await self._app.db()
+        async with pool.acquire() as conn:
+            await self._flush_counts(conn)
+            rows = await conn.fetch(_RULES_SQL, job)
+        return [writes.rule_of_row(r) for r in rows]
+
+    async def list(self) -> builtins.list[Flag]:
+        """Every flag with its state, last change and counters (pending counts flushed
+        first; timed stops that are over ended first)."""
+        pool = await self._app.db()
+        async with pool.acquire() as conn:
+            await writes.end_timed_stops(conn)
             await self._flush_counts(conn)
             rows = await conn.fetch(_LIST_SQL)
         return [Flag(**dict(r)) for r in rows]
@@ -404,12 +739,14 @@ class FlagStore:
     async def history(
         self, name: str | None = None, *, limit: int = 100
     ) -> builtins.list[FlagEvent]:
-        """Changes, newest first; of one flag if ``name`` is given."""
-        if name is not None:
+        """Changes, newest first; of one flag if ``name`` is given (``disable_*``: the
+        rules on every job class)."""
+        if name is not None and name != ALL_JOBS_FLAG:
             check_flag_name(name)
         pool = await self._app.db()
         rows = await pool.fetch(
-            "SELECT name, old_value, new_value, actor, reason, at FROM asyncjobs.flag_history "
+            "SELECT name, old_value, new_value, actor, reason, at, rule, expires_at "
+            "FROM asyncjobs.flag_history "
             "WHERE $1::text IS NULL OR name = $1 ORDER BY at DESC, id DESC LIMIT $2",
             name,
             limit,
@@ -418,6 +755,18 @@ class FlagStore:
 
     async def close(self) -> None:
         """Flush pending counts (best effort) and close the notification connection."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        ending, self._ending = self._ending, None
+        if ending is not None and not ending.done():  # let it record what it ends
+            with contextlib.suppress(Exception):
+                await ending
+        waking, self._waking = self._waking, None
+        if waking is not None and not waking.done():
+            waking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waking
         flusher, self._flusher = self._flusher, None
         if flusher is not None and not flusher.done():
             flusher.cancel()
@@ -432,7 +781,7 @@ class FlagStore:
         if listener is not None:
             listener.remove_termination_listener(self._listener_lost)
             await listener.close()
-        if self._counts and self._app.has_db():
+        if (self._counts or self._rule_counts) and self._app.has_db():
             try:
                 async with asyncio.timeout(self.timeout):
                     pool = await self._app.db()

@@ -35,6 +35,7 @@ from ._liveness import WorkerInfo, registered_workers, worker_jobs_key
 from ._naming import job_of_flag
 from ._outbox import Backlog, backlog
 from ._retries import DeadLetters
+from ._rules import ALL_JOBS, takes
 
 if TYPE_CHECKING:
     from ._app import App
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from ._jobs import JobSpec
     from ._reconcilers import Reconciler
     from ._retries import DeadLetter
+    from ._rules import Rule
 
 """A flag named ``disable_<job>`` stops ``<job>`` while it is on."""
 
@@ -173,15 +175,19 @@ class StoppedJob:
     stopped_at: datetime
     stopped_by: str
     reason: str | None
+    until: datetime | None = None
+    """When a timed stop ends by itself; ``None``: when someone enables the job."""
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON record: ``job``, ``flag``, ``stopped_at``, ``stopped_by``, ``reason``."""
+        """The JSON record: ``job``, ``flag``, ``stopped_at``, ``stopped_by``, ``reason``,
+        ``until`` (``null``: no end)."""
         return {
             "job": self.job,
             "flag": self.flag,
             "stopped_at": iso(self.stopped_at),
             "stopped_by": self.stopped_by,
             "reason": self.reason,
+            "until": None if self.until is None else iso(self.until),
         }
 
 
@@ -233,6 +239,8 @@ class Status:
     outbox: Backlog | None = None
     """Transactional enqueues committed and not yet in Redis (``None``: PostgreSQL could
     not be read, or the outbox table is not there yet)."""
+    rules: tuple[Rule, ...] | None = None
+    """The argument rules in force (``None`` with the other PostgreSQL parts)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON document of ``asyncjobs status --json`` (keys in the README)."""
@@ -247,6 +255,7 @@ class Status:
             if dead is None
             else [{"job_name": name, "count": count} for name, count in dead.items()],
             "stopped_jobs": None if stopped is None else [s.as_dict() for s in stopped],
+            "rules": None if self.rules is None else [rule_record(r) for r in self.rules],
             "reconcilers": [r.as_dict() for r in self.reconcilers],
             "outbox": None if self.outbox is None else self.outbox.as_dict(),
         }
@@ -331,7 +340,7 @@ async def dead_letter_counts(app: Core) -> dict[str, int]:
 def stopped_jobs(flags: Iterable[Flag]) -> list[StoppedJob]:
     """The jobs whose ``disable_<job>`` flag is on, among ``flags``."""
     return [
-        StoppedJob(job, f.name, f.updated_at, f.updated_by, f.reason)
+        StoppedJob(job, f.name, f.updated_at, f.updated_by, f.reason, f.expires_at)
         for f in flags
         if f.enabled and (job := job_of_flag(f.name)) is not None
     ]
@@ -361,6 +370,7 @@ async def snapshot(app: App) -> Status:
     dead: dict[str, int] | None = None
     flags: list[Flag] | None = None
     outbox: Backlog | None = None
+    rules: list[Rule] | None = None
     error: str | None = None
     if app.settings.database_url is None:
         error = "not configured (ASYNCJOBS_DATABASE_URL is not set)"
@@ -369,8 +379,9 @@ async def snapshot(app: App) -> Status:
             dead = await dead_letter_counts(app)
             flags = await app.flags.list()
             outbox = await backlog(app)
+            rules = await app.flags.rules()
         except DATABASE_ERRORS as exc:
-            dead, flags, error = None, None, database_problem(exc)
+            dead, flags, rules, error = None, None, None, database_problem(exc)
     states = None if flags is None else {f.name: f.enabled for f in flags}
     return Status(
         at=datetime.now(UTC),
@@ -381,17 +392,24 @@ async def snapshot(app: App) -> Status:
         stopped_jobs=None if flags is None else tuple(stopped_jobs(flags)),
         database_error=error,
         outbox=outbox,
+        rules=None if rules is None else tuple(rules),
     )
 
 
 # -- the records of the other --json lists ------------------------------------
 
 
-def job_record(spec: JobSpec, queue: str, states: Mapping[str, bool] | None) -> dict[str, Any]:
+def job_record(
+    spec: JobSpec,
+    queue: str,
+    states: Mapping[str, bool] | None,
+    rules: Sequence[Rule] | None = None,
+) -> dict[str, Any]:
     """A registered job (``jobs list``): ``name``, ``queue``, ``timeout_s``, ``stopped``,
-    ``flag``, ``origin``, ``schedule`` and ``next_run`` (a scheduled job's, else ``null``).
-    ``states`` maps flag names to whether they are on (``None``: unknown, so ``stopped`` is
-    ``null``)."""
+    ``flag``, ``origin``, ``schedule`` and ``next_run`` (a scheduled job's, else ``null``),
+    ``rules`` (the argument rules that apply to it, its own and the all-jobs ones its
+    signature fits, as :func:`rule_record`; ``null`` when unknown). ``states`` maps flag
+    names to whether they are on (``None``: unknown, so ``stopped`` is ``null``)."""
     schedule, next_run = job_schedule(spec)
     return {
         "name": spec.name,
@@ -402,6 +420,35 @@ def job_record(spec: JobSpec, queue: str, states: Mapping[str, bool] | None) -> 
         "origin": spec.origin,
         "schedule": schedule,
         "next_run": None if next_run is None else iso(next_run),
+        "rules": None if rules is None else [rule_record(r) for r in rules_of(spec, rules)],
+    }
+
+
+def rules_of(spec: JobSpec, rules: Iterable[Rule]) -> list[Rule]:
+    """Among ``rules``, those that apply to ``spec``'s job: its own, and the all-jobs rules
+    whose arguments its signature has."""
+    return [
+        r
+        for r in rules
+        if r.job == spec.name or (r.job == ALL_JOBS and takes(spec, (c.arg for c in r.conditions)))
+    ]
+
+
+def rule_record(rule: Rule) -> dict[str, Any]:
+    """An argument rule: ``id``, ``job`` (``"*"``: every job class taking its arguments),
+    ``flag``, ``rule`` (its text, e.g. ``customer_id=42``), ``created_at``, ``created_by``,
+    ``reason``, ``until`` (``null``: until removed), ``rejected``, ``skipped``."""
+    return {
+        "id": rule.id,
+        "job": rule.job,
+        "flag": rule.flag,
+        "rule": rule.text,
+        "created_at": iso(rule.created_at),
+        "created_by": rule.created_by,
+        "reason": rule.reason,
+        "until": None if rule.expires_at is None else iso(rule.expires_at),
+        "rejected": rule.rejected,
+        "skipped": rule.skipped,
     }
 
 
@@ -415,7 +462,8 @@ def job_schedule(spec: JobSpec, now: datetime | None = None) -> tuple[str | None
 
 def flag_record(flag: Flag, job_names: frozenset[str]) -> dict[str, Any]:
     """A flag (``flags list``): ``name``, ``enabled``, ``rejected``, ``skipped``,
-    ``updated_at``, ``updated_by``, ``reason``, ``job`` (what a ``disable_<job>`` flag
+    ``updated_at``, ``updated_by``, ``reason``, ``until`` (a timed stop's end, else
+    ``null``), ``job`` (what a ``disable_<job>`` flag
     stops, else ``null``) and ``job_registered`` (whether that job is among ``job_names``;
     ``null`` for other flags, or when ``job_names`` is empty: no jobs imported)."""
     job = job_of_flag(flag.name)
@@ -427,6 +475,7 @@ def flag_record(flag: Flag, job_names: frozenset[str]) -> dict[str, Any]:
         "updated_at": iso(flag.updated_at),
         "updated_by": flag.updated_by,
         "reason": flag.reason,
+        "until": None if flag.expires_at is None else iso(flag.expires_at),
         "job": job,
         "job_registered": None if job is None or not job_names else job in job_names,
     }
@@ -434,7 +483,8 @@ def flag_record(flag: Flag, job_names: frozenset[str]) -> dict[str, Any]:
 
 def flag_event_record(event: FlagEvent) -> dict[str, Any]:
     """A flag change (``flags history``): ``name``, ``old_value`` (``null``: the flag was
-    new), ``new_value``, ``actor``, ``reason``, ``at``."""
+    new), ``new_value``, ``actor``, ``reason``, ``at``, ``rule`` (the argument rule added or
+    removed, else ``null``), ``until`` (the end the change set, else ``null``)."""
     return {
         "name": event.name,
         "old_value": event.old_value,
@@ -442,6 +492,8 @@ def flag_event_record(event: FlagEvent) -> dict[str, Any]:
         "actor": event.actor,
         "reason": event.reason,
         "at": iso(event.at),
+        "rule": event.rule,
+        "until": None if event.expires_at is None else iso(event.expires_at),
     }
 
 

@@ -7,33 +7,54 @@ in PostgreSQL and are read through a cache kept for ``ASYNCJOBS_FLAG_TTL`` secon
 with changes pushed to every process by ``LISTEN/NOTIFY``
 (:class:`FlagStore` says more).
 
-``await flags.enable(name, actor=..., reason=...)``, :func:`disable`,
-:func:`is_enabled`, :func:`history` and :func:`list` act on the default App;
-on any other App, use its store: ``app.flags``.
+``await flags.enable(name, actor=..., reason=..., until=...)``, :func:`disable`,
+:func:`is_enabled`, :func:`history` and :func:`list` act on the default App, and so do
+the argument rules, which stop only the jobs whose named argument matches:
+``await flags.disable_where("invoice_job", customer_id=42, reason=...)``,
+:func:`enable_where` and :func:`rules` (:mod:`asyncjobs._rules` says how they match).
+``until`` (a timedelta, or an aware datetime) makes a stop end by itself. On any other
+App, use its store: ``app.flags``.
 """
 
 from __future__ import annotations
 
 import builtins
+from datetime import datetime, timedelta
+from typing import Any
 
 from ._app import get_app
-from ._flags import Flag, FlagChange, FlagEvent, FlagStore, check_flag_name, default_actor
+from ._flags import (
+    Flag,
+    FlagChange,
+    FlagEvent,
+    FlagStore,
+    RuleChange,
+    check_flag_name,
+    default_actor,
+)
 from ._gates import execution_gate, kill_switch
+from ._rules import Condition, Rule
 
 __all__ = [
+    "Condition",
     "Flag",
     "FlagChange",
     "FlagEvent",
     "FlagStore",
+    "Rule",
+    "RuleChange",
     "check_flag_name",
     "default_actor",
     "disable",
+    "disable_where",
     "enable",
+    "enable_where",
     "execution_gate",
     "history",
     "is_enabled",
     "kill_switch",
     "list",
+    "rules",
 ]
 
 
@@ -41,9 +62,15 @@ def _store() -> FlagStore:
     return get_app().flags
 
 
-async def enable(name: str, *, actor: str | None = None, reason: str | None = None) -> FlagChange:
+async def enable(
+    name: str,
+    *,
+    actor: str | None = None,
+    reason: str | None = None,
+    until: datetime | timedelta | None = None,
+) -> FlagChange:
     """:meth:`FlagStore.enable` on the default App."""
-    return await _store().enable(name, actor=actor, reason=reason)
+    return await _store().enable(name, actor=actor, reason=reason, until=until)
 
 
 async def disable(name: str, *, actor: str | None = None, reason: str | None = None) -> FlagChange:
@@ -64,3 +91,33 @@ async def history(name: str | None = None, *, limit: int = 100) -> builtins.list
 async def list() -> builtins.list[Flag]:  # `flags.list()`: the operator's spelling
     """:meth:`FlagStore.list` on the default App."""
     return await _store().list()
+
+
+async def disable_where(
+    job: Any,
+    *where: str | Condition,
+    actor: str | None = None,
+    reason: str | None = None,
+    until: datetime | timedelta | None = None,
+    **equals: Any,
+) -> RuleChange:
+    """:meth:`FlagStore.disable_where` on the default App."""
+    return await _store().disable_where(
+        job, *where, actor=actor, reason=reason, until=until, **equals
+    )
+
+
+async def enable_where(
+    job: Any,
+    *where: str | Condition,
+    actor: str | None = None,
+    reason: str | None = None,
+    **equals: Any,
+) -> RuleChange:
+    """:meth:`FlagStore.enable_where` on the default App."""
+    return await _store().enable_where(job, *where, actor=actor, reason=reason, **equals)
+
+
+async def rules(job: str | None = None) -> builtins.list[Rule]:
+    """:meth:`FlagStore.rules` on the default App."""
+    return await _store().rules(job)

@@ -42,6 +42,7 @@ from .._retries import DeadLetters
 from .._status import (
     ReconcilerState,
     read_redis,
+    rules_of,
     stopped_jobs,
     watched_queues,
 )
@@ -247,8 +248,10 @@ class Dashboard:
         flags = await view.outages.postgres(self.app.flags.list)
         by_name = {} if flags is None else {f.name: f for f in flags}
         rows = [(spec, self._queue_of(spec), by_name.get(spec.flag)) for spec in self.app.registry]
+        rules = await view.outages.postgres(self.app.flags.rules)
+        ruled = {spec.name: rules_of(spec, rules or []) for spec in self.app.registry}
         return self.render(
-            view, "jobs.html", title="Jobs", rows=rows, flags_known=flags is not None
+            view, "jobs.html", title="Jobs", rows=rows, flags_known=flags is not None, ruled=ruled
         )
 
     async def job(self, view: View) -> Response:
@@ -256,9 +259,11 @@ class Dashboard:
         flags = await view.outages.postgres(self.app.flags.list)
         flag = None if flags is None else next((f for f in flags if f.name == spec.flag), None)
         history = await view.outages.postgres(lambda: self.app.flags.history(spec.flag))
+        rules = await view.outages.postgres(self.app.flags.rules)
         return self.render(
             view,
             "job.html",
+            rules=None if rules is None else rules_of(spec, rules),
             title=spec.name,
             spec=spec,
             queue=self._queue_of(spec),
@@ -427,9 +432,10 @@ class Dashboard:
     async def flags(self, view: View) -> Response:
         flags = await view.outages.postgres(self.app.flags.list)
         history = await view.outages.postgres(lambda: self.app.flags.history(limit=100))
+        rules = await view.outages.postgres(self.app.flags.rules)
         return self.render(
             view, "flags.html", title="Flags", flags=flags, history=history,
-            jobs=self.app.registry.names(),
+            jobs=self.app.registry.names(), rules=rules,
         )  # fmt: skip
 
     async def flag(self, view: View) -> Response:

@@ -113,6 +113,7 @@ async def test_status_and_every_json_list_match_a_known_state(
         "postgres",
         "dead_letters",
         "stopped_jobs",
+        "rules",
         "reconcilers",
         "outbox",
     }
@@ -199,6 +200,7 @@ async def _the_json_lists_match(app: App, env: dict[str, str]) -> None:
         "origin": "tests.corejobs.count_once",
         "schedule": None,
         "next_run": None,
+        "rules": [],
     }
     assert jobs["stamp"]["stopped"] is True
     assert jobs["pending_rows"]["stopped"] is True
@@ -220,6 +222,7 @@ async def _the_json_lists_match(app: App, env: dict[str, str]) -> None:
         "skipped": 0,
         "updated_by": "ops",
         "reason": "maintenance",
+        "until": None,
         "job": "stamp",
         "job_registered": True,
     }
@@ -274,7 +277,7 @@ def test_json_lists_are_one_document_when_empty(redis_url: str, database_url: st
     env = {"ASYNCJOBS_REDIS_URL": redis_url, "ASYNCJOBS_DATABASE_URL": database_url}
     assert cli("migrate", env=env).returncode == 0
     assert _json("jobs", "list", "--json", env=env) == {"jobs": []}
-    assert _json("flags", "list", "--json", env=env) == {"flags": []}
+    assert _json("flags", "list", "--json", env=env) == {"flags": [], "rules": []}
     assert _json("flags", "history", "--json", env=env) == {"history": []}
     assert _json("dead", "list", "--json", env=env) == {"dead_letters": []}
     assert _json("reconcile", "--list", "--json", env=env) == {"reconcilers": []}

@@ -5,6 +5,7 @@ Every error has one root, so ``except AsyncJobsError`` catches them all::
     AsyncJobsError
     ├── ConfigurationError          a setting is missing or malformed
     ├── FlagNameError               a flag name that is not lower_snake_case
+    ├── ControlError                a throttle or pause that cannot be set (bad rate, job)
     ├── JobDefinitionError          ``@job`` was used on something it cannot run
     │   └── DuplicateJobError       two different jobs claim one job name
     ├── EnqueueError                ``enqueue()`` was called wrongly; nothing was written
@@ -42,6 +43,11 @@ class ConfigurationError(AsyncJobsError):
 
 class FlagNameError(AsyncJobsError):
     """Flag names are lower-case letters, digits and underscores, starting with a letter."""
+
+
+class ControlError(AsyncJobsError):
+    """A throttle or a queue pause that cannot be set (a malformed rate, an unknown job, a
+    bad queue name); nothing was stored."""
 
 
 class JobDefinitionError(AsyncJobsError):

@@ -7,7 +7,8 @@ whatever the queues hold): ``ZCOUNT`` for the ready and deferred jobs, a
 few due entries of a queue for the oldest ready job. Its cost grows with the
 running jobs, never with the queued ones, so a Prometheus exporter can call
 it at every scrape. :func:`snapshot` adds what PostgreSQL knows (dead
-letters per job, stopped jobs, the reconcilers' state); without PostgreSQL
+letters per job, stopped jobs, paused queues and throttles, the reconcilers'
+state); without PostgreSQL
 the Redis part still comes back, with ``database_error`` saying why the rest
 is missing.
 
@@ -37,6 +38,7 @@ from ._retries import DeadLetters
 
 if TYPE_CHECKING:
     from ._app import App
+    from ._controls import Control
     from ._flags import Flag, FlagEvent
     from ._jobs import JobSpec
     from ._reconcilers import Reconciler
@@ -229,20 +231,41 @@ class Status:
     """How many dead letters each job has (jobs with none are absent)."""
     stopped_jobs: tuple[StoppedJob, ...] | None
     database_error: str | None
+    controls: tuple[Control, ...] | None = None
+    """Paused queues and throttles (:mod:`asyncjobs._controls`); ``None`` when PostgreSQL
+    could not be read."""
+
+    @property
+    def paused_queues(self) -> tuple[Control, ...] | None:
+        """The paused queues, with who paused them, when and why."""
+        return None if self.controls is None else tuple(c for c in self.controls if c.rate is None)
+
+    @property
+    def throttles(self) -> tuple[Control, ...] | None:
+        """The throttled job classes, with their rates."""
+        return None if self.controls is None else tuple(c for c in self.controls if c.rate)
+
+    def paused(self, queue: str) -> bool | None:
+        """Whether ``queue`` is paused (``None``: unknown, PostgreSQL could not be read)."""
+        paused = self.paused_queues
+        return None if paused is None else any(c.target == queue for c in paused)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON document of ``asyncjobs status --json`` (keys in the README)."""
         dead = self.dead_letters
         stopped = self.stopped_jobs
+        paused, throttles = self.paused_queues, self.throttles
         return {
             "at": iso(self.at),
-            "queues": [q.as_dict() for q in self.queues],
+            "queues": [{**q.as_dict(), "paused": self.paused(q.name)} for q in self.queues],
             "workers": [w.as_dict() for w in self.workers],
             "postgres": {"available": self.database_error is None, "error": self.database_error},
             "dead_letters": None
             if dead is None
             else [{"job_name": name, "count": count} for name, count in dead.items()],
             "stopped_jobs": None if stopped is None else [s.as_dict() for s in stopped],
+            "paused_queues": None if paused is None else [c.as_dict() for c in paused],
+            "throttles": None if throttles is None else [c.as_dict() for c in throttles],
             "reconcilers": [r.as_dict() for r in self.reconcilers],
         }
 
@@ -355,6 +378,7 @@ async def snapshot(app: App) -> Status:
     queues, workers = await read_redis(app)
     dead: dict[str, int] | None = None
     flags: list[Flag] | None = None
+    controls: list[Control] | None = None
     error: str | None = None
     if app.settings.database_url is None:
         error = "not configured (ASYNCJOBS_DATABASE_URL is not set)"
@@ -362,8 +386,9 @@ async def snapshot(app: App) -> Status:
         try:
             dead = await dead_letter_counts(app)
             flags = await app.flags.list()
+            controls = await app.flags.list_controls()
         except DATABASE_ERRORS as exc:
-            dead, flags, error = None, None, database_problem(exc)
+            dead, flags, controls, error = None, None, None, database_problem(exc)
     states = None if flags is None else {f.name: f.enabled for f in flags}
     return Status(
         at=datetime.now(UTC),
@@ -373,6 +398,7 @@ async def snapshot(app: App) -> Status:
         dead_letters=dead,
         stopped_jobs=None if flags is None else tuple(stopped_jobs(flags)),
         database_error=error,
+        controls=None if controls is None else tuple(controls),
     )
 
 
@@ -414,7 +440,8 @@ def flag_record(flag: Flag, job_names: frozenset[str]) -> dict[str, Any]:
 
 def flag_event_record(event: FlagEvent) -> dict[str, Any]:
     """A flag change (``flags history``): ``name``, ``old_value`` (``null``: the flag was
-    new), ``new_value``, ``actor``, ``reason``, ``at``."""
+    new), ``new_value``, ``actor``, ``reason``, ``at``, ``detail`` (a throttle's rate,
+    for the ``throttle:<job>`` entries; ``pause:<queue>`` entries are a queue's pauses)."""
     return {
         "name": event.name,
         "old_value": event.old_value,
@@ -422,6 +449,7 @@ def flag_event_record(event: FlagEvent) -> dict[str, Any]:
         "actor": event.actor,
         "reason": event.reason,
         "at": iso(event.at),
+        "detail": event.detail,
     }
 
 

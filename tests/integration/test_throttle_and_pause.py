@@ -5,9 +5,11 @@ and bad input that stores nothing (asyncjobs._controls)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 import redis.asyncio as aioredis
 from arq.jobs import Job, JobStatus
@@ -16,6 +18,7 @@ from asyncjobs import App, ControlError
 from asyncjobs._arq import timestamp_ms
 from asyncjobs._status import snapshot
 from asyncjobs.testing import WorkerProcess
+from asyncjobs.web import dashboard
 from tests.conftest import ROOT, cli
 from tests.helpers import eventually, log_events, wait_for_event
 from tests.throttlejobs import billing_stamp, marker, throttled_stamp
@@ -147,3 +150,36 @@ async def test_a_malformed_rate_or_an_unknown_job_is_one_clear_error_and_stores_
         assert await conn.fetchval("SELECT count(*) FROM asyncjobs.flag_history") == 0
     finally:
         await conn.close()
+
+
+async def test_status_and_the_dashboard_show_a_paused_queue_and_a_throttle(
+    app: App, redis: aioredis.Redis
+) -> None:
+    await app.migrate()
+    await app.flags.pause_queue("billing", actor="ana", reason="db migration")
+    await app.flags.throttle("throttled_stamp", "10/m", actor="bo", reason="provider 429s")
+    await app.enqueue(billing_stamp, 1)
+    status = (await snapshot(app)).as_dict()
+    assert [(q["name"], q["paused"]) for q in status["queues"]] == [
+        ("arq:queue", False),
+        ("billing", True),
+    ]
+    assert [
+        (t["job"], t["rate"], t["limit"], t["period_s"], t["by"]) for t in status["throttles"]
+    ] == [("throttled_stamp", "10/m", 10, 60, "bo")]
+    transport = httpx.ASGITransport(app=dashboard(app))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://dash.test") as client:
+        overview = (await client.get("/")).text
+        queues = (await client.get("/queues")).text
+        billing = (await client.get("/queues/billing")).text
+        default = (await client.get("/queues/arq:queue")).text
+    for page in (overview, queues):
+        row = re.search(r"<tr><td><a href=\"[^\"]*/queues/billing\">billing</a>(.*?)</tr>", page)
+        assert row is not None
+        assert 'class="paused"' in row[1]
+        assert page.count('class="paused"') == 1  # arq:queue runs
+    assert re.search(r">throttled_stamp</a></td><td class=\"n\">10/m</td>", overview)
+    assert "provider 429s" in overview
+    assert 'class="paused"' in billing
+    assert "db migration" in billing
+    assert 'class="paused"' not in default

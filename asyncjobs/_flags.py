@@ -510,7 +510,7 @@ class FlagStore:
         try:
             registry.get(job)
         except UnknownJobError as exc:
-            raise ControlError(f"throttle: {exc}") from None
+            raise ControlError(f"cannot throttle: {exc}") from None
         return job  # pragma: no cover  (get() raised)
 
     async def _change(

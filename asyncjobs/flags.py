@@ -9,7 +9,9 @@ with changes pushed to every process by ``LISTEN/NOTIFY``
 
 ``await flags.enable(name, actor=..., reason=...)``, :func:`disable`,
 :func:`is_enabled`, :func:`history` and :func:`list` act on the default App;
-on any other App, use its store: ``app.flags``.
+on any other App, use its store: ``app.flags``. So do the incident controls
+(:mod:`asyncjobs._controls`): :func:`throttle` / :func:`unthrottle` a job class,
+:func:`pause_queue` / :func:`resume_queue`.
 """
 
 from __future__ import annotations
@@ -17,14 +19,19 @@ from __future__ import annotations
 import builtins
 
 from ._app import get_app
+from ._controls import Control, ControlChange, Controls, Rate, parse_rate
 from ._flags import Flag, FlagChange, FlagEvent, FlagStore, check_flag_name, default_actor
 from ._gates import execution_gate, kill_switch
 
 __all__ = [
+    "Control",
+    "ControlChange",
+    "Controls",
     "Flag",
     "FlagChange",
     "FlagEvent",
     "FlagStore",
+    "Rate",
     "check_flag_name",
     "default_actor",
     "disable",
@@ -34,6 +41,11 @@ __all__ = [
     "is_enabled",
     "kill_switch",
     "list",
+    "parse_rate",
+    "pause_queue",
+    "resume_queue",
+    "throttle",
+    "unthrottle",
 ]
 
 
@@ -64,3 +76,31 @@ async def history(name: str | None = None, *, limit: int = 100) -> builtins.list
 async def list() -> builtins.list[Flag]:  # `flags.list()`: the operator's spelling
     """:meth:`FlagStore.list` on the default App."""
     return await _store().list()
+
+
+async def throttle(
+    job: str, rate: str, *, actor: str | None = None, reason: str | None = None
+) -> ControlChange:
+    """:meth:`FlagStore.throttle` on the default App."""
+    return await _store().throttle(job, rate, actor=actor, reason=reason)
+
+
+async def unthrottle(
+    job: str, *, actor: str | None = None, reason: str | None = None
+) -> ControlChange:
+    """:meth:`FlagStore.unthrottle` on the default App."""
+    return await _store().unthrottle(job, actor=actor, reason=reason)
+
+
+async def pause_queue(
+    queue: str, *, actor: str | None = None, reason: str | None = None
+) -> ControlChange:
+    """:meth:`FlagStore.pause_queue` on the default App."""
+    return await _store().pause_queue(queue, actor=actor, reason=reason)
+
+
+async def resume_queue(
+    queue: str, *, actor: str | None = None, reason: str | None = None
+) -> ControlChange:
+    """:meth:`FlagStore.resume_queue` on the default App."""
+    return await _store().resume_queue(queue, actor=actor, reason=reason)

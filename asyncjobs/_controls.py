@@ -24,15 +24,19 @@ read a job's name cheaply, so claiming is unchanged: while no throttle is set
 the worker does exactly what it did before (one comparison per claim). While
 some class is throttled, the worker reads the names of what it claimed (a
 prefix match on the payload; a full decode only for payloads of another shape)
-and, for the jobs of throttled classes only, makes one :data:`THROTTLE_LUA`
-call per claim. That script is the limiter, shared by every worker through
-Redis: a sliding-window log per class (``asyncjobs:throttle:<job>``, a sorted
-set of grants scored by the millisecond, one entry per call, not per job), so
-no window of one period ever holds more starts than the rate. In the same
-atomic call the jobs over the rate are put back: scored in their queue at the
-moment a slot frees for them (so arq's ``Job.status()`` sees a deferred job),
-their in-progress key removed and arq's try counter ``arq:retry:<id>`` given
-back, exactly as if they had never been claimed. A deferral is therefore never
+and, for the jobs of throttled classes only, makes one :data:`LIMIT_LUA` call
+per claim, with one count per class (its size does not grow with the batch).
+That script is the limiter, shared by every worker through Redis: a
+sliding-window log per class (``asyncjobs:throttle:<job>``, a sorted set of
+grants scored by the millisecond, one entry per call, not per job), checked and
+written atomically, so no window of one period ever holds more grants than the
+rate. It answers how many may start and, for each job over the rate, the moment
+a slot frees for it. Only when some are over the rate, a second call
+(:data:`DEFER_LUA`) puts those back: scored in their queue at that moment (so
+arq's ``Job.status()`` sees a deferred job), their in-progress key removed and
+arq's try counter ``arq:retry:<id>`` given back, exactly as if they had never
+been claimed. Until then the worker holds them (their in-progress keys), so no
+other worker takes them in between. A deferral is therefore never
 a try, never a drop; the limiter's Redis state is only the recent grants, and
 losing it (a flush) only forgets the current window.
 """
@@ -213,19 +217,16 @@ def job_name_of(payload: bytes) -> str | None:
     return match[1].decode() if match is not None else None
 
 
-THROTTLE_LUA = f"""
-local LOG, IN_PROGRESS, RETRY = {THROTTLE_PREFIX!r}, {IN_PROGRESS_PREFIX!r}, {RETRY_PREFIX!r}
--- KEYS[1]: this worker's set of running job ids.
--- ARGV: now (ms), worker id, a tag unique to this call, how many classes; then per class:
---   job name, limit, period (ms), n, and n pairs (job id, queue) of jobs claimed just now.
--- Per class, the first jobs up to what the sliding window allows are granted (recorded
--- in the class's log as one entry 'tag:class:count' scored now); each job over the rate
--- is put back exactly as if never claimed (in-progress key deleted, arq's try counter
--- given back, gone from this worker's set), scored in its queue at the moment a slot
--- frees for it. Reply per class: how many granted, when the first one put back may run
--- (ms; 0 if none was).
-local now, wid, tag, nclasses = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
-local out, i = {{}}, 5
+LIMIT_LUA = f"""
+local LOG = {THROTTLE_PREFIX!r}
+-- ARGV: now (ms), a tag unique to this call, how many classes; then per class: job name,
+--   limit, period (ms), n (how many jobs of the class were claimed just now).
+-- Per class, the first jobs up to what the sliding window of one period allows are
+-- granted, recorded in the class's log as one entry 'tag:class:count' scored now.
+-- Reply per class: how many granted, how many not, then for each job not granted the
+-- moment (ms) a slot frees for it (the k-th waits until enough grants left the window).
+local now, tag, nclasses = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local out, i = {{}}, 4
 for c = 1, nclasses do
   local job, limit, period, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]),
     tonumber(ARGV[i + 3])
@@ -248,10 +249,12 @@ for c = 1, nclasses do
     counts[#counts + 1] = granted
   end
   redis.call('PEXPIRE', key, period)
-  local at, first = {{}}, 0
+  out[#out + 1] = granted
+  out[#out + 1] = n - granted
+  local at = {{}}
   for k = 0, n - granted - 1 do
-    -- The k-th job over the rate runs once (used - limit + 1 + k) grants have left the
-    -- window; past the log's end, one period after the job a limit earlier.
+    -- Job k over the rate runs once (used - limit + 1 + k) grants have left the window;
+    -- past the log's end, one period after the job a limit earlier.
     local need = used - limit + 1 + k
     local when = nil
     if need > used then
@@ -267,23 +270,33 @@ for c = 1, nclasses do
       end
     end
     at[k] = when
-    if k == 0 then first = when end
-    local j = i + 2 * (granted + k)
-    local id, queue = ARGV[j], ARGV[j + 1]
-    if redis.call('GET', IN_PROGRESS .. id) == wid then
-      redis.call('DEL', IN_PROGRESS .. id)
-      if redis.call('DECR', RETRY .. id) <= 0 then redis.call('DEL', RETRY .. id) end
-      redis.call('ZADD', queue, 'XX', when, id)
-    end
-    redis.call('SREM', KEYS[1], id)
+    out[#out + 1] = when
   end
-  i = i + 2 * n
-  out[#out + 1] = granted
-  out[#out + 1] = first
 end
 return out
 """
-"""Lua: the shared limiter and the deferral of what is over the rate, in one atomic call."""
+"""Lua: the shared limiter, one atomic call per claim that took jobs of throttled classes."""
+
+DEFER_LUA = f"""
+local IN_PROGRESS, RETRY = {IN_PROGRESS_PREFIX!r}, {RETRY_PREFIX!r}
+-- KEYS[1]: this worker's set of running job ids. ARGV[1]: worker id; then per job: id,
+-- queue, when (ms). Each job is put back as if never claimed: its in-progress key
+-- deleted, arq's try counter given back, gone from this worker's set, and scored in its
+-- queue at ``when`` (so arq's Job API sees it deferred). Only while it is still this
+-- worker's (not after a recovery handed it elsewhere).
+local wid = ARGV[1]
+for i = 2, #ARGV, 3 do
+  local id, queue, when = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('GET', IN_PROGRESS .. id) == wid then
+    redis.call('DEL', IN_PROGRESS .. id)
+    if redis.call('DECR', RETRY .. id) <= 0 then redis.call('DEL', RETRY .. id) end
+    redis.call('ZADD', queue, 'XX', when, id)
+  end
+  redis.call('SREM', KEYS[1], id)
+end
+return 1
+"""
+"""Lua: put back the jobs over the rate, deferred to their slots, their tries not counted."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,7 +81,7 @@ from ._claim import (
     parse_claim,
     wake_key,
 )
-from ._controls import THROTTLE_LUA, Controls, Rate, job_name_of
+from ._controls import DEFER_LUA, LIMIT_LUA, Controls, Rate, job_name_of
 from ._core import JobContext
 from ._enqueue import Prepared, serialize_job, write_prepared
 from ._liveness import (
@@ -220,7 +220,8 @@ class Worker:
             "claim": self._claim_redis.register_script(CLAIM_LUA),
             "finish": self._redis.register_script(FINISH_LUA),
             "recover": self._redis.register_script(RECOVER_LUA),
-            "throttle": self._claim_redis.register_script(THROTTLE_LUA),
+            "limit": self._claim_redis.register_script(LIMIT_LUA),
+            "defer": self._claim_redis.register_script(DEFER_LUA),
         }
         if self.handle_signals:
             self._install_signal_handlers()
@@ -440,8 +441,9 @@ class Worker:
 
     async def _throttle(self, jobs: list[Claimed], throttles: dict[str, Rate]) -> list[Claimed]:
         """The claimed jobs that may start now: those of throttled classes pass the shared
-        limiter (one THROTTLE_LUA call), which puts back what is over the rate, deferred
-        to when a slot frees and its try not counted (:mod:`asyncjobs._controls`)."""
+        limiter (one LIMIT_LUA call); what is over the rate goes back to its queue,
+        deferred to when a slot frees and its try not counted (one DEFER_LUA call; see
+        :mod:`asyncjobs._controls`)."""
         groups: dict[str, list[Claimed]] = {}
         free: list[Claimed] = []
         for job in jobs:
@@ -453,29 +455,34 @@ class Worker:
         if not groups:
             return jobs
         self._throttle_calls += 1
-        args: list[Any] = [timestamp_ms(), self.id, f"{self.id}:{self._throttle_calls}"]
-        args.append(len(groups))
+        args: list[Any] = [timestamp_ms(), f"{self.id}:{self._throttle_calls}", len(groups)]
         for name, group in groups.items():
             rate = throttles[name]
             args += [name, rate.limit, rate.period_ms, len(group)]
-            for job in group:
-                args += [job.job_id, job.queue]
         async with asyncio.timeout(CLAIM_TIMEOUT_S):  # lost: _release_lost_claims
-            reply = await self._scripts["throttle"](keys=[self._jobs_key], args=args)
-        for (name, group), granted, first in zip(
-            groups.items(), reply[::2], reply[1::2], strict=True
-        ):
-            free += group[: int(granted)]
-            if int(granted) < len(group):
+            reply = await self._scripts["limit"](args=args)
+        deferred: list[Any] = [self.id]
+        at = 0
+        for name, group in groups.items():
+            granted, over = int(reply[at]), int(reply[at + 1])
+            whens = reply[at + 2 : at + 2 + over]
+            at += 2 + over
+            free += group[:granted]
+            for job, when in zip(group[granted:], whens, strict=True):
+                deferred += [job.job_id, job.queue, int(when)]
+            if over:
                 _log.debug(
                     logs.JOBS_THROTTLED,
                     job=name,
                     rate=str(throttles[name]),
-                    started=int(granted),
-                    deferred=len(group) - int(granted),
-                    next_at_ms=int(first),
+                    started=granted,
+                    deferred=over,
+                    next_at_ms=int(whens[0]),
                     worker_id=self.id,
                 )
+        if len(deferred) > 1:
+            async with asyncio.timeout(CLAIM_TIMEOUT_S):
+                await self._scripts["defer"](keys=[self._jobs_key], args=deferred)
         return free
 
     async def _claim(self, want: int, queues: tuple[str, ...]) -> list[Claimed]:

@@ -65,7 +65,7 @@ It has no ``:``, so a flag store that predates controls simply reloads everythin
 
 _RATE = re.compile(r"^\s*(-?\d+)\s*/\s*([A-Za-z]+)\s*$")
 _QUEUE = re.compile(r"^[^\s\x00-\x1f\x7f]{1,200}$")
-_FAST_NAME = re.compile(rb'^\{"t":(?:null|\d+),"f":"([a-z][a-z0-9_]*)"')
+_FAST_NAME = re.compile(rb'\{"t":(?:null|\d+),"f":"([a-z][a-z0-9_]*)"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +211,9 @@ def control_of(row: Any) -> Control:
 
 
 def job_name_of(payload: bytes) -> str | None:
-    """The job name in an asyncjobs payload, read from its first bytes (no full decode);
-    ``None`` for a payload of another shape (the caller decodes it)."""
+    """The job name in an asyncjobs payload, read from its first bytes (no JSON decode:
+    this runs per claimed job while a throttle is set); ``None`` for a payload of another
+    shape (the caller decodes it)."""
     match = _FAST_NAME.match(payload)
     return match[1].decode() if match is not None else None
 

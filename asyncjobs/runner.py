@@ -81,7 +81,7 @@ from ._claim import (
     parse_claim,
     wake_key,
 )
-from ._controls import DEFER_LUA, LIMIT_LUA, Controls, Rate, job_name_of
+from ._controls import DEFER_LUA, LIMIT_LUA, Controls, Rate, name_markers, throttled_class
 from ._core import JobContext
 from ._enqueue import Prepared, serialize_job, write_prepared
 from ._liveness import (
@@ -190,6 +190,8 @@ class Worker:
         self._rotation = 0
         self._paused: frozenset[str] = frozenset()  # of this worker's queues, as last seen
         self._throttle_calls = 0
+        self._markers: list[tuple[str, bytes]] | None = None  # for self._marked's names
+        self._marked: dict[str, Rate] | None = None
         self._claim_failed = False
         self._claim_redis: Redis | None = None
         self._flushing: set[str] = set()  # ids of the outcomes being written now
@@ -444,14 +446,21 @@ class Worker:
         limiter (one LIMIT_LUA call); what is over the rate goes back to its queue,
         deferred to when a slot frees and its try not counted (one DEFER_LUA call; see
         :mod:`asyncjobs._controls`)."""
+        markers = self._markers
+        if markers is None or self._marked is not throttles:
+            markers = self._markers = name_markers(throttles)
+            self._marked = throttles
         groups: dict[str, list[Claimed]] = {}
         free: list[Claimed] = []
         for job in jobs:
-            name = _job_name(job) if job.payload is not None and not job.aborted else None
-            if name is not None and name in throttles:
-                groups.setdefault(name, []).append(job)
-            else:
+            payload = job.payload
+            name = None
+            if payload is not None and not job.aborted:
+                name = throttled_class(payload, markers)
+            if name is None:
                 free.append(job)
+            else:
+                groups.setdefault(name, []).append(job)
         if not groups:
             return jobs
         self._throttle_calls += 1
@@ -945,16 +954,6 @@ class Worker:
                 cron.calculate_next(cron.next_run)
         if due:
             await write_prepared(self.app, due, "cron jobs were not")
-
-
-def _job_name(job: Claimed) -> str | None:
-    """The job name in a claimed job's payload (prefix match, else a full decode)."""
-    assert job.payload is not None
-    name = job_name_of(job.payload)
-    if name is None:
-        decoded = decode_payload(job.payload)
-        name = None if isinstance(decoded, str) else decoded[0]
-    return name
 
 
 async def _wait_all_or(

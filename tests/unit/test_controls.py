@@ -9,7 +9,13 @@ from click.testing import CliRunner
 import asyncjobs
 from asyncjobs import App, ControlError, Settings
 from asyncjobs._cli import cli
-from asyncjobs._controls import Rate, check_queue_name, job_name_of, parse_rate
+from asyncjobs._controls import (
+    Rate,
+    check_queue_name,
+    name_markers,
+    parse_rate,
+    throttled_class,
+)
 from asyncjobs._enqueue import serialize_job
 from tests.helpers import Nowhere
 from tests.throttlejobs import throttled_stamp
@@ -49,10 +55,17 @@ def test_a_queue_name_has_no_spaces_and_is_not_empty() -> None:
             check_queue_name(bad)
 
 
-def test_the_job_name_is_read_from_the_payloads_first_bytes() -> None:
-    assert job_name_of(serialize_job("invoice_job", (1,), {}, None, 5)) == "invoice_job"
-    assert job_name_of(serialize_job("invoice_job", (), {"a": 1}, 3, 5)) == "invoice_job"
-    assert job_name_of(b'{"f":"invoice_job","t":null}') is None  # another shape: decode it
+def test_a_throttled_class_is_told_from_the_payloads_first_bytes_or_by_decoding() -> None:
+    markers = name_markers(["invoice_job", "mail"])
+    for job_try in (None, 12):
+        for name in ("invoice_job", "mail"):
+            assert throttled_class(serialize_job(name, (1,), {}, job_try, 5), markers) == name
+        other = serialize_job("mail_digest", ("mail",), {"f": "mail"}, job_try, 5)
+        assert throttled_class(other, markers) is None
+        inside = serialize_job("x", ({"a": 1, "f": "mail", "b": 2},), {}, job_try, 5)
+        assert throttled_class(inside, markers) is None  # an argument is not the name
+    assert throttled_class(b'{"f":"mail","t":null}', markers) == "mail"  # decoded
+    assert throttled_class(b"not json", markers) is None
 
 
 async def test_bad_input_is_refused_before_postgresql_is_asked(nowhere: Nowhere) -> None:

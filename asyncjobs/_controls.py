@@ -22,8 +22,9 @@ worker started during an incident does not run a paused queue's jobs first.
 How a throttle is enforced. The claim script (:mod:`asyncjobs._claim`) cannot
 read a job's name cheaply, so claiming is unchanged: while no throttle is set
 the worker does exactly what it did before (one comparison per claim). While
-some class is throttled, the worker reads the names of what it claimed (a
-prefix match on the payload; a full decode only for payloads of another shape)
+some class is throttled, the worker tells which claimed jobs are of a throttled
+class (one ``startswith`` per class at the spot where the payload names its job; a
+full decode only for payloads of another shape)
 and, for the jobs of throttled classes only, makes one :data:`LIMIT_LUA` call
 per claim, with one count per class (its size does not grow with the batch).
 That script is the limiter, shared by every worker through Redis: a

@@ -225,8 +225,8 @@ def throttled_class(payload: bytes, markers: list[tuple[str, bytes]]) -> str | N
     spot per throttled class, no decode (an argument can never be taken for the name). A
     payload of another shape is decoded."""
     after_try = payload.find(b",", 5, 26) if payload.startswith(b'{"t":') else -1
-    if after_try < 0:
-        return _decoded_name(payload, markers)
+    if after_try < 0 or not payload.startswith(b',"f":"', after_try):
+        return _decoded_name(payload, markers)  # not asyncjobs' compact form
     for name, marker in markers:
         if payload.startswith(marker, after_try):
             return name

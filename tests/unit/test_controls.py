@@ -65,6 +65,7 @@ def test_a_throttled_class_is_told_from_the_payloads_first_bytes_or_by_decoding(
         inside = serialize_job("x", ({"a": 1, "f": "mail", "b": 2},), {}, job_try, 5)
         assert throttled_class(inside, markers) is None  # an argument is not the name
     assert throttled_class(b'{"f":"mail","t":null}', markers) == "mail"  # decoded
+    assert throttled_class(b'{"t": null, "f": "mail", "a": []}', markers) == "mail"
     assert throttled_class(b"not json", markers) is None
 
 

@@ -34,6 +34,10 @@ import redis.asyncio as aioredis
 THROTTLE_RATE = "1000000/s"
 
 
+def _compact(data: dict[str, object]) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
 async def fill(url: str, count: int, serializer: str, function: str = "noop") -> None:
     """Write COUNT no-op jobs in arq's format with pipelines (not what is measured)."""
     client = aioredis.from_url(url)
@@ -44,7 +48,8 @@ async def fill(url: str, count: int, serializer: str, function: str = "noop") ->
         for n in range(start, min(count, start + 5000)):
             job_id = uuid4().hex
             data = {"t": None, "f": function, "a": [n], "k": {}, "et": now}
-            raw = pickle.dumps(data) if serializer == "pickle" else json.dumps(data).encode()
+            # JSON as asyncjobs' own enqueue writes it: compact, the try first, then the name.
+            raw = pickle.dumps(data) if serializer == "pickle" else _compact(data).encode()
             pipe.psetex("arq:job:" + job_id, 86_400_000, raw)
             pipe.zadd("arq:queue", {job_id: now})
         await pipe.execute()

@@ -286,9 +286,17 @@ def test_json_lists_are_one_document_when_empty(redis_url: str, database_url: st
     assert _json("reconcile", "--list", "--json", env=env) == {"reconcilers": []}
     doc = _json("status", "--json", env=env)
     assert doc["queues"] == [
-        {"name": "arq:queue", "ready": 0, "deferred": 0, "running": 0, "oldest_ready_age_s": None}
+        {
+            "name": "arq:queue",
+            "ready": 0,
+            "deferred": 0,
+            "running": 0,
+            "oldest_ready_age_s": None,
+            "paused": False,
+        }
     ]
     assert (doc["workers"], doc["dead_letters"], doc["stopped_jobs"]) == ([], [], [])
+    assert (doc["paused_queues"], doc["throttles"]) == ([], [])
     run = cli("reconcile", "pending_rows", "--json", env=env)
     assert run.returncode == 2
     assert "--json goes with --list" in run.stderr

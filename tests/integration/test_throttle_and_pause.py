@@ -173,6 +173,8 @@ async def test_status_and_the_dashboard_show_a_paused_queue_and_a_throttle(
         queues = (await client.get("/queues")).text
         billing = (await client.get("/queues/billing")).text
         default = (await client.get("/queues/arq:queue")).text
+        audit = await client.get("/flags/pause:billing")
+        trail = (await client.get("/flags")).text
     for page in (overview, queues):
         row = re.search(r"<tr><td><a href=\"[^\"]*/queues/billing\">billing</a>(.*?)</tr>", page)
         assert row is not None
@@ -183,3 +185,6 @@ async def test_status_and_the_dashboard_show_a_paused_queue_and_a_throttle(
     assert 'class="paused"' in billing
     assert "db migration" in billing
     assert 'class="paused"' not in default
+    assert audit.status_code == 200
+    assert "db migration" in audit.text
+    assert "off → on 10/m</td><td>bo</td><td>provider 429s" in trail

@@ -79,8 +79,10 @@ async def test_a_throttle_over_three_workers_starts_every_job_once_at_the_rate_a
     # The behaviour under test is this window: at most RATE starts in any second, so the
     # 30th starts about (30 / 5 - 1) = 5 s after the first; never sooner.
     assert 4.8 <= times[-1] - times[0] <= 8.0, times
+    # The limiter grants at most RATE per second; a job's first line runs a little after
+    # its grant (0.4 s of margin for a busy machine), so no 0.6 s holds more than RATE.
     for i, first in enumerate(times):
-        in_window = [t for t in times[i:] if t < first + 0.8]
+        in_window = [t for t in times[i:] if t < first + 0.6]
         assert len(in_window) <= RATE, (first, in_window)
     assert sum(len(log_events(w.lines, "job.succeeded")) for w in workers) == TOTAL
     assert await redis.keys("arq:retry:*") == []

@@ -51,7 +51,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ._arq import IN_PROGRESS_PREFIX, RETRY_PREFIX
+import structlog
+
+from . import _logs as logs
+from ._arq import IN_PROGRESS_PREFIX, RETRY_PREFIX, Redis, timestamp_ms
+from ._claim import Claimed
 from ._exceptions import ControlError
 
 THROTTLE_PREFIX = "asyncjobs:throttle:"
@@ -66,6 +70,7 @@ CONTROLS_CHANGED = "controls"
 """The NOTIFY payload (on the flags channel) that tells every process to reload controls.
 It has no ``:``, so a flag store that predates controls simply reloads everything."""
 
+_log = structlog.get_logger("asyncjobs.worker")
 _RATE = re.compile(r"^\s*(-?\d+)\s*/\s*([A-Za-z]+)\s*$")
 _QUEUE = re.compile(r"^[^\s\x00-\x1f\x7f]{1,200}$")
 
@@ -337,3 +342,72 @@ class ControlChange:
     now: str | None
     """After, in the same words."""
     changed: bool
+
+
+class Limiter:
+    """A worker's side of the throttles: which claimed jobs may start now.
+
+    ``redis`` is the worker's claim connection (it never resends a call), ``worker_id``
+    and ``jobs_key`` the worker's id and set of held jobs. :meth:`admit` makes one
+    :data:`LIMIT_LUA` call per claim that took jobs of throttled classes, and one
+    :data:`DEFER_LUA` call when some are over the rate.
+    """
+
+    def __init__(self, redis: Redis, worker_id: str, jobs_key: str) -> None:
+        self._limit = redis.register_script(LIMIT_LUA)
+        self._defer = redis.register_script(DEFER_LUA)
+        self._worker_id = worker_id
+        self._jobs_key = jobs_key
+        self._markers: list[tuple[str, bytes]] = []
+        self._marked: dict[str, Rate] | None = None  # the throttles _markers are for
+        self.calls = 0
+        """How many limiter calls this worker made (for benchmarks)."""
+
+    async def admit(self, jobs: list[Claimed], throttles: dict[str, Rate]) -> list[Claimed]:
+        """The jobs of ``jobs`` that may start now: every job of a class not throttled, and
+        of each throttled class as many as its rate allows; the others are put back,
+        deferred to when a slot frees, their tries not counted. A job whose payload is
+        gone or that was aborted is never held back (the worker ends it at once)."""
+        if self._marked is not throttles:
+            self._markers, self._marked = name_markers(throttles), throttles
+        groups: dict[str, list[Claimed]] = {}
+        free: list[Claimed] = []
+        for job in jobs:
+            payload = job.payload
+            name = None
+            if payload is not None and not job.aborted:
+                name = throttled_class(payload, self._markers)
+            if name is None:
+                free.append(job)
+            else:
+                groups.setdefault(name, []).append(job)
+        if not groups:
+            return jobs
+        self.calls += 1
+        args: list[Any] = [timestamp_ms(), f"{self._worker_id}:{self.calls}", len(groups)]
+        for name, group in groups.items():
+            rate = throttles[name]
+            args += [name, rate.limit, rate.period_ms, len(group)]
+        reply = await self._limit(args=args)
+        deferred: list[Any] = [self._worker_id]
+        at = 0
+        for name, group in groups.items():
+            granted, over = int(reply[at]), int(reply[at + 1])
+            whens = reply[at + 2 : at + 2 + over]
+            at += 2 + over
+            free += group[:granted]
+            for job, when in zip(group[granted:], whens, strict=True):
+                deferred += [job.job_id, job.queue, int(when)]
+            if over:
+                _log.debug(
+                    logs.JOBS_THROTTLED,
+                    job=name,
+                    rate=str(throttles[name]),
+                    started=granted,
+                    deferred=over,
+                    next_at_ms=int(whens[0]),
+                    worker_id=self._worker_id,
+                )
+        if len(deferred) > 1:
+            await self._defer(keys=[self._jobs_key], args=deferred)
+        return free

@@ -81,7 +81,7 @@ from ._claim import (
     parse_claim,
     wake_key,
 )
-from ._controls import DEFER_LUA, LIMIT_LUA, Controls, Rate, name_markers, throttled_class
+from ._controls import Controls, Limiter
 from ._core import JobContext
 from ._enqueue import Prepared, serialize_job, write_prepared
 from ._liveness import (
@@ -189,9 +189,7 @@ class Worker:
         self._started = time.time()
         self._rotation = 0
         self._paused: frozenset[str] = frozenset()  # of this worker's queues, as last seen
-        self._throttle_calls = 0
-        self._markers: list[tuple[str, bytes]] | None = None  # for self._marked's names
-        self._marked: dict[str, Rate] | None = None
+        self._limiter: Limiter | None = None
         self._claim_failed = False
         self._claim_redis: Redis | None = None
         self._flushing: set[str] = set()  # ids of the outcomes being written now
@@ -222,9 +220,8 @@ class Worker:
             "claim": self._claim_redis.register_script(CLAIM_LUA),
             "finish": self._redis.register_script(FINISH_LUA),
             "recover": self._redis.register_script(RECOVER_LUA),
-            "limit": self._claim_redis.register_script(LIMIT_LUA),
-            "defer": self._claim_redis.register_script(DEFER_LUA),
         }
+        self._limiter = Limiter(self._claim_redis, self.id, self._jobs_key)
         if self.handle_signals:
             self._install_signal_handlers()
         try:
@@ -395,7 +392,9 @@ class Worker:
                 jobs = await self._claim(want, queues)
                 claimed = len(jobs)
                 if controls.throttles and jobs:
-                    jobs = await self._throttle(jobs, controls.throttles)
+                    assert self._limiter is not None
+                    async with asyncio.timeout(CLAIM_TIMEOUT_S):  # lost: _release_lost_claims
+                        jobs = await self._limiter.admit(jobs, controls.throttles)
             except Exception as exc:
                 # The claim may have run with its reply lost: what it took is handed back
                 # before the next claim (it is never sent twice, see _claim).
@@ -440,59 +439,6 @@ class Worker:
         if not paused:
             return self.queues
         return tuple(q for q in self.queues if q not in paused)
-
-    async def _throttle(self, jobs: list[Claimed], throttles: dict[str, Rate]) -> list[Claimed]:
-        """The claimed jobs that may start now: those of throttled classes pass the shared
-        limiter (one LIMIT_LUA call); what is over the rate goes back to its queue,
-        deferred to when a slot frees and its try not counted (one DEFER_LUA call; see
-        :mod:`asyncjobs._controls`)."""
-        markers = self._markers
-        if markers is None or self._marked is not throttles:
-            markers = self._markers = name_markers(throttles)
-            self._marked = throttles
-        groups: dict[str, list[Claimed]] = {}
-        free: list[Claimed] = []
-        for job in jobs:
-            payload = job.payload
-            name = None
-            if payload is not None and not job.aborted:
-                name = throttled_class(payload, markers)
-            if name is None:
-                free.append(job)
-            else:
-                groups.setdefault(name, []).append(job)
-        if not groups:
-            return jobs
-        self._throttle_calls += 1
-        args: list[Any] = [timestamp_ms(), f"{self.id}:{self._throttle_calls}", len(groups)]
-        for name, group in groups.items():
-            rate = throttles[name]
-            args += [name, rate.limit, rate.period_ms, len(group)]
-        async with asyncio.timeout(CLAIM_TIMEOUT_S):  # lost: _release_lost_claims
-            reply = await self._scripts["limit"](args=args)
-        deferred: list[Any] = [self.id]
-        at = 0
-        for name, group in groups.items():
-            granted, over = int(reply[at]), int(reply[at + 1])
-            whens = reply[at + 2 : at + 2 + over]
-            at += 2 + over
-            free += group[:granted]
-            for job, when in zip(group[granted:], whens, strict=True):
-                deferred += [job.job_id, job.queue, int(when)]
-            if over:
-                _log.debug(
-                    logs.JOBS_THROTTLED,
-                    job=name,
-                    rate=str(throttles[name]),
-                    started=granted,
-                    deferred=over,
-                    next_at_ms=int(whens[0]),
-                    worker_id=self.id,
-                )
-        if len(deferred) > 1:
-            async with asyncio.timeout(CLAIM_TIMEOUT_S):
-                await self._scripts["defer"](keys=[self._jobs_key], args=deferred)
-        return free
 
     async def _claim(self, want: int, queues: tuple[str, ...]) -> list[Claimed]:
         """One CLAIM_LUA call, on a connection that never resends it: a resent claim after

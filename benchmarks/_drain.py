@@ -136,7 +136,8 @@ def main() -> None:
         out = {"seconds": seconds, "jobs": own.jobs_complete, "max_rss_kb": rss}
         out["cpu_seconds"] = time.process_time() - cpu  # the worker's own CPU, all threads
         if kind == "asyncjobs-throttled":
-            out["throttle_calls"] = own._throttle_calls
+            assert own._limiter is not None
+            out["throttle_calls"] = own._limiter.calls
         if kind == "asyncjobs-metrics":
             from asyncjobs.metrics import registry
 

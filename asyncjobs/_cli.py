@@ -211,10 +211,15 @@ def status(as_json: bool) -> None:
 def _status_lines(now: Status) -> list[str]:
     """``asyncjobs status`` for people: one section per part of :class:`~._status.Status`."""
     width = max([20, *(len(q.name) for q in now.queues)])
-    lines = [f"{'queue':{width}} {'ready':>8} {'deferred':>8} {'running':>8}  oldest ready"]
+    lines = [
+        f"{'queue':{width}} {'ready':>8} {'deferred':>8} {'running':>8}  {'oldest ready':12}  state"
+    ]
     for q in now.queues:
         age = "-" if q.oldest_ready_age is None else _duration(q.oldest_ready_age)
-        lines.append(f"{q.name:{width}} {q.ready:>8} {q.deferred:>8} {q.running:>8}  {age}")
+        state = {None: "?", True: "PAUSED", False: "running"}[now.paused(q.name)]
+        lines.append(
+            f"{q.name:{width}} {q.ready:>8} {q.deferred:>8} {q.running:>8}  {age:12}  {state}"
+        )
     lines += ["", f"workers alive: {len(now.workers)}"]
     for w in now.workers:
         beat = _duration((now.at - w.heartbeat).total_seconds())
@@ -244,6 +249,17 @@ def _status_lines(now: Status) -> list[str]:
     if now.rules:
         lines.append(f"argument rules: {len(now.rules)}")
         lines += [f"  {_rule_job(r.job):28} {_rule_line(r)}" for r in now.rules]
+    for title, controls in (("paused queues", now.paused_queues), ("throttles", now.throttles)):
+        if controls is None:
+            continue
+        lines.append(f"{title}: {len(controls)}")
+        for c in controls:
+            why = f": {c.reason}" if c.reason else ""
+            rate = f" {c.rate!s:>10}" if c.rate is not None else ""
+            lines.append(
+                f"  {c.target:28}{rate} since {c.updated_at:%Y-%m-%d %H:%M:%S} UTC by "
+                f"{c.updated_by}{why}"
+            )
     lines.append(f"reconcilers: {len(now.reconcilers)}")
     for r in now.reconcilers:
         state = "?" if r.stopped is None else ("STOPPED" if r.stopped else "running")
@@ -561,6 +577,95 @@ def jobs_cancel(job_id: str, reason: str | None, actor: str | None, queue: str |
         sys.exit(1)
 
 
+@jobs.command("throttle")
+@click.argument("job_name")
+@click.argument("rate", required=False)
+@click.option("--off", is_flag=True, help="Remove JOB's throttle instead.")
+@_reason
+@_actor
+def jobs_throttle(
+    job_name: str, rate: str | None, off: bool, reason: str | None, actor: str | None
+) -> None:
+    """Let workers together start at most RATE jobs of JOB (10/s, 600/m, 5000/h); the
+    rest wait, deferred, not counted as tries. --off removes it."""
+    if off == (rate is not None):
+        raise click.UsageError(
+            "give a RATE such as 10/s, or --off to remove the throttle (not both)"
+        )
+
+    async def go(app: App) -> Any:
+        if rate is None:
+            return await app.flags.unthrottle(job_name, actor=actor, reason=reason)
+        return await app.flags.throttle(job_name, rate, actor=actor, reason=reason)
+
+    change = _with_app(go)
+    job = change.target
+    if not change.changed:
+        now = f"throttled to {change.now}" if change.now else "not throttled"
+        click.echo(f"{job} is already {now}; nothing changed")
+        return
+    was = f"was {change.was}" if change.was else "was not throttled"
+    if change.now is None:
+        click.echo(f"{job} is no longer throttled ({was}): workers start its jobs as they come.")
+        return
+    click.echo(
+        f"{job} is throttled to {change.now} ({was}): workers together start at most that "
+        "many; the rest wait in the queue, deferred, not counted as tries. Workers apply it "
+        "at once (within ASYNCJOBS_FLAG_TTL if notifications are lost). "
+        f"Undo: asyncjobs jobs throttle {job} --off"
+    )
+
+
+@cli.group()
+def queues() -> None:
+    """Pause and resume queues (workers stop starting their jobs; enqueues go on)."""
+
+
+def _switch_queue(queue: str, pause: bool, actor: str | None, reason: str | None) -> None:
+    async def go(app: App) -> tuple[Any, list[str]]:
+        from ._status import watched_queues
+
+        switch = app.flags.pause_queue if pause else app.flags.resume_queue
+        change = await switch(queue, actor=actor, reason=reason)
+        return change, watched_queues(app)
+
+    change, known = _with_app(go)
+    if not change.changed:
+        click.echo(f"queue {queue} is already {'paused' if pause else 'running'}; nothing changed")
+    elif pause:
+        click.echo(
+            f"queue {queue} is paused: workers start none of its jobs (running ones finish); "
+            "enqueues are still accepted and wait. Workers stop claiming at once (within "
+            f"ASYNCJOBS_FLAG_TTL if notifications are lost). Undo: asyncjobs queues resume {queue}"
+        )
+    else:
+        click.echo(f"queue {queue} is resumed: workers start its jobs again.")
+    if pause and queue not in known:
+        click.echo(
+            f"warning: no setting or registered job names queue {queue!r} (known: "
+            f"{', '.join(known)}); a worker reading it is paused all the same. A typo?",
+            err=True,
+        )
+
+
+@queues.command("pause")
+@click.argument("queue")
+@_reason
+@_actor
+def queues_pause(queue: str, reason: str | None, actor: str | None) -> None:
+    """Stop workers from starting jobs of QUEUE; enqueues are still accepted."""
+    _switch_queue(queue, True, actor, reason)
+
+
+@queues.command("resume")
+@click.argument("queue")
+@_reason
+@_actor
+def queues_resume(queue: str, reason: str | None, actor: str | None) -> None:
+    """Let workers start jobs of QUEUE again."""
+    _switch_queue(queue, False, actor, reason)
+
+
 @cli.group()
 def flags() -> None:
     """Raw feature flags (a flag that is ON is enabled; disable_<job> ON stops <job>)."""
@@ -684,6 +789,8 @@ def flags_history(flag: str | None, limit: int, as_json: bool) -> None:
     for e in events:
         old = {None: "(new)", True: "on", False: "off"}[e.old_value]
         new = "on" if e.new_value else "off"
+        if e.detail:
+            new = f"{new} {e.detail}"
         reason = f"  reason: {e.reason}" if e.reason else ""
         rule = f"  rule {e.rule}" if e.rule else ""
         end = f"  until {_utc(e.expires_at)}" if e.expires_at is not None else ""

@@ -6,6 +6,7 @@ Every error has one root, so ``except AsyncJobsError`` catches them all::
     ├── ConfigurationError          a setting is missing or malformed
     ├── FlagNameError               a flag name that is not lower_snake_case
     ├── FlagRuleError               an argument rule or a timed stop that cannot be right
+    ├── ControlError                a throttle or pause that cannot be set (bad rate, job)
     ├── JobDefinitionError          ``@job`` was used on something it cannot run
     │   └── DuplicateJobError       two different jobs claim one job name
     ├── EnqueueError                ``enqueue()`` was called wrongly; nothing was written
@@ -49,6 +50,11 @@ class FlagNameError(AsyncJobsError):
 class FlagRuleError(AsyncJobsError):
     """An argument rule (``--where``) or the end of a timed stop (``--for``, ``--until``)
     cannot be right; nothing was stored."""
+
+
+class ControlError(AsyncJobsError):
+    """A throttle or a queue pause that cannot be set (a malformed rate, an unknown job, a
+    bad queue name); nothing was stored."""
 
 
 class JobDefinitionError(AsyncJobsError):

@@ -16,6 +16,11 @@ If PostgreSQL is unreachable, the last snapshot keeps serving (``flags.unavailab
 is logged once per outage); if none was ever loaded, flags read as off (jobs
 run) unless ``ASYNCJOBS_FLAGS_FAIL_CLOSED`` is set.
 
+The same store carries the incident controls of :mod:`asyncjobs._controls` (paused
+queues, throttled job classes): loaded with the flags, pushed by the same channel,
+changed with :meth:`FlagStore.pause_queue`, :meth:`FlagStore.throttle` and their
+undoing twins, audited in the same history.
+
 This module is the store; the gates are in :mod:`asyncjobs._gates` and the
 default App's functions (``await asyncjobs.flags.enable(...)``) in the public
 :mod:`asyncjobs.flags`. On any App the store is ``app.flags``.
@@ -30,6 +35,7 @@ import getpass
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -37,10 +43,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 import asyncpg
 import structlog
 
+from . import _controls as controls
 from . import _flag_writes as writes
 from . import _logs as logs
-from ._exceptions import ConfigurationError, FlagNameError, FlagRuleError
-from ._naming import STOP_FLAG_PREFIX
+from ._controls import NO_CONTROLS, Control, ControlChange, Controls, Rate
+from ._exceptions import (
+    ConfigurationError,
+    ControlError,
+    FlagNameError,
+    FlagRuleError,
+    UnknownJobError,
+)
+from ._naming import STOP_FLAG_PREFIX, snake_case
 from ._rules import (
     ALL_JOBS,
     ALL_JOBS_FLAG,
@@ -160,6 +174,8 @@ class FlagEvent:
     """The argument rule added (``new_value`` true) or removed, if the change was one."""
     expires_at: datetime | None = None
     """The end the change set: the stop (or rule) ends by itself then."""
+    detail: str | None = None
+    """For a throttle (``throttle:<job>``): the rate set, e.g. ``10/s``."""
 
 
 _FLUSH_SQL = """
@@ -227,6 +243,9 @@ class FlagStore:
         self._timer: asyncio.TimerHandle | None = None
         self._waking: asyncio.Future[None] | None = None
         self._ending: asyncio.Future[None] | None = None
+        self._controls: Controls = NO_CONTROLS
+        self._reload_controls = False  # a change was notified while a load ran
+        self._watchers: builtins.list[Callable[[], None]] = []
         self.loads = 0
         """How many snapshot queries this store ran (for tests and benchmarks)."""
 
@@ -332,6 +351,53 @@ class FlagStore:
         except Exception:  # kept for the next load or flush
             pass
 
+    # -- controls: paused queues, throttles (asyncjobs._controls) ---------
+
+    def controls_now(self) -> Controls:
+        """The paused queues and throttles as last loaded. No I/O and never waits: when the
+        snapshot is stale, a reload starts in the background (a worker's claim loop reads
+        this before each claim)."""
+        if time.monotonic() >= self._fresh_until:
+            self._refresh_soon()
+        return self._controls
+
+    async def controls(self) -> Controls:
+        """The paused queues and throttles, loaded first if the snapshot is stale (waits at
+        most ``flag_timeout``; then the last known, or none)."""
+        if time.monotonic() >= self._fresh_until:
+            await self.refresh()
+        return self._controls
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (in the event loop) whenever a load finds the controls changed."""
+        self._watchers.append(callback)
+
+    def unwatch(self, callback: Callable[[], None]) -> None:
+        """Stop calling ``callback``."""
+        with contextlib.suppress(ValueError):
+            self._watchers.remove(callback)
+
+    def _set_controls(self, new: Controls) -> None:
+        if new == self._controls:
+            return
+        self._controls = new
+        for callback in builtins.list(self._watchers):
+            try:
+                callback()
+            except Exception as exc:  # a watcher's bug must not break the flag store
+                _log.error(logs.WORKER_ERROR, error=f"controls watcher failed: {exc!r}")
+
+    def _refresh_soon(self) -> None:
+        """Start a load unless one runs (no waiting; outside an event loop, nothing)."""
+        loading = self._loading
+        if loading is not None and not loading.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._loading = loop.create_task(self._load())
+
     # -- loading ----------------------------------------------------------
 
     async def refresh(self) -> None:
@@ -361,6 +427,7 @@ class FlagStore:
                 conn = await pool.acquire()
                 self.loads += 1
                 flags, rules = await self._read(conn)
+                loaded_controls = await _load_controls(conn)
                 try:
                     await self._flush_counts(conn)
                 except asyncpg.PostgresError as exc:  # counts kept; the snapshot is good
@@ -374,6 +441,7 @@ class FlagStore:
             self._install(
                 frozenset(loaded), [writes.rule_of_row(r) for r in rules if not r["ended"]]
             )
+            self._set_controls(loaded_controls)
             over = any(r["ended"] for r in flags) or any(r["ended"] for r in rules)
             if over and (self._ending is None or self._ending.done()):
                 # Read as off above; recorded (once, by one process) apart from this
@@ -407,6 +475,10 @@ class FlagStore:
             self._unreachable(exc)
         finally:
             self._changes = None
+            if self._reload_controls:  # changed while this load ran: read them again
+                self._reload_controls = False
+                self._fresh_until = 0.0
+                asyncio.get_running_loop().call_soon(self._refresh_soon)
             if conn is not None:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(self.timeout):
@@ -547,6 +619,13 @@ class FlagStore:
         self._listener = conn
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload == controls.CONTROLS_CHANGED:
+            if self._changes is not None:
+                self._reload_controls = True
+            else:
+                self._fresh_until = 0.0
+                self._refresh_soon()
+            return
         name, _, value = payload.rpartition(":")
         if not name:  # RELOAD: rules or a timed stop changed; load now, to know its end
             self._reload = True
@@ -726,6 +805,123 @@ class FlagStore:
             rows = await conn.fetch(_RULES_SQL, job)
         return [writes.rule_of_row(r) for r in rows]
 
+    async def throttle(
+        self, job: str, rate: str, *, actor: str | None = None, reason: str | None = None
+    ) -> ControlChange:
+        """Let workers together start at most ``rate`` (``"10/s"``, ``"600/m"``,
+        ``"5000/h"``) jobs of class ``job`` (a registered job's name); the rest wait,
+        deferred, and are not counted as tries. Setting another rate replaces it.
+
+        Raises :class:`ControlError` for a malformed rate or a job this App does not
+        know (its registry is checked: import the job modules first); nothing is stored.
+        """
+        parsed = controls.parse_rate(rate)
+        name = self._registered_job(job)
+        return await self._change(controls.THROTTLE, name, parsed, actor, reason)
+
+    async def unthrottle(
+        self, job: str, *, actor: str | None = None, reason: str | None = None
+    ) -> ControlChange:
+        """Remove ``job``'s throttle (any name is accepted, so a throttle of a job since
+        renamed can still go). ``changed`` is False if it had none."""
+        if not isinstance(job, str) or not job:
+            raise ControlError(f"{job!r} is not a job name")
+        name = job if job in self._app.registry else snake_case(job)
+        return await self._change(controls.THROTTLE, name, None, actor, reason)
+
+    async def pause_queue(
+        self, queue: str, *, actor: str | None = None, reason: str | None = None
+    ) -> ControlChange:
+        """Stop every worker from starting jobs of ``queue`` (within milliseconds while
+        PostgreSQL notifications flow, within ``ASYNCJOBS_FLAG_TTL`` otherwise); enqueues
+        are still accepted. :class:`ControlError` for a malformed queue name."""
+        controls.check_queue_name(queue)
+        return await self._change(controls.PAUSE, queue, True, actor, reason)
+
+    async def resume_queue(
+        self, queue: str, *, actor: str | None = None, reason: str | None = None
+    ) -> ControlChange:
+        """Let workers start jobs of ``queue`` again. ``changed`` is False if not paused."""
+        controls.check_queue_name(queue)
+        return await self._change(controls.PAUSE, queue, None, actor, reason)
+
+    async def list_controls(self) -> builtins.list[Control]:
+        """Every paused queue and throttle, with who set it, when and why."""
+        pool = await self._app.db()
+        rows = await pool.fetch(controls.LIST_SQL)
+        return [controls.control_of(r) for r in rows]
+
+    def _registered_job(self, job: str) -> str:
+        registry = self._app.registry
+        if not isinstance(job, str) or not job:
+            raise ControlError(f"{job!r} is not a job name")
+        if not len(registry):
+            raise ControlError(
+                f"cannot check that a job {job!r} exists: no jobs are registered here; set "
+                "ASYNCJOBS_IMPORTS to the modules that define your jobs (or import them)"
+            )
+        for candidate in (job, snake_case(job)):
+            if candidate in registry:
+                return candidate
+        try:
+            registry.get(job)
+        except UnknownJobError as exc:
+            raise ControlError(f"cannot throttle: {exc}") from None
+        return job  # pragma: no cover  (get() raised)
+
+    async def _change(
+        self,
+        kind: str,
+        target: str,
+        value: Rate | bool | None,
+        actor: str | None,
+        reason: str | None,
+    ) -> ControlChange:
+        """Set (``value`` a Rate or True) or remove (None) one control, with its history row,
+        in one transaction, then notify every process."""
+        who = actor or default_actor()
+        entry = (
+            controls.pause_entry(target)
+            if kind == controls.PAUSE
+            else (controls.throttle_entry(target))
+        )
+        pool = await self._app.db()
+        async with pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(controls.GET_SQL, kind, target)
+            old: Rate | bool | None = None
+            if row is not None:
+                old = Rate(row[0], row[1]) if kind == controls.THROTTLE else True
+            if old == value:
+                return ControlChange(kind, target, _said(old), _said(value), changed=False)
+            if value is None:
+                await conn.execute(controls.DELETE_SQL, kind, target)
+            else:
+                limit, period = (
+                    (value.limit, value.period_s)
+                    if isinstance(value, Rate)
+                    else (
+                        None,
+                        None,
+                    )
+                )
+                await conn.execute(controls.SET_SQL, kind, target, limit, period, who, reason)
+            detail = str(value) if isinstance(value, Rate) else None
+            await conn.execute(
+                controls.HISTORY_SQL, entry, old is not None, value is not None, who, reason, detail
+            )
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, controls.CONTROLS_CHANGED)
+        self._fresh_until = 0.0  # this process reloads at its next read
+        change = ControlChange(kind, target, _said(old), _said(value), changed=True)
+        _log.info(
+            logs.CONTROL_CHANGED,
+            control=entry,
+            old=change.was,
+            new=change.now,
+            actor=who,
+            reason=reason,
+        )
+        return change
+
     async def list(self) -> builtins.list[Flag]:
         """Every flag with its state, last change and counters (pending counts flushed
         first; timed stops that are over ended first)."""
@@ -740,12 +936,12 @@ class FlagStore:
         self, name: str | None = None, *, limit: int = 100
     ) -> builtins.list[FlagEvent]:
         """Changes, newest first; of one flag if ``name`` is given (``disable_*``: the
-        rules on every job class)."""
-        if name is not None and name != ALL_JOBS_FLAG:
+        rules on every job class; ``pause:<queue>``, ``throttle:<job>``: a control)."""
+        if name is not None and name != ALL_JOBS_FLAG and not controls.is_control_entry(name):
             check_flag_name(name)
         pool = await self._app.db()
         rows = await pool.fetch(
-            "SELECT name, old_value, new_value, actor, reason, at, rule, expires_at "
+            "SELECT name, old_value, new_value, actor, reason, at, rule, expires_at, detail "
             "FROM asyncjobs.flag_history "
             "WHERE $1::text IS NULL OR name = $1 ORDER BY at DESC, id DESC LIMIT $2",
             name,
@@ -789,3 +985,19 @@ class FlagStore:
                         await self._flush_counts(conn)
             except Exception as exc:
                 _log.warning(logs.FLAGS_UNAVAILABLE, error=f"counts not saved: {exc}")
+
+
+def _said(value: Rate | bool | None) -> str | None:
+    """A control's state in words: a rate (``10/s``), ``paused``, or ``None`` (not set)."""
+    if value is None:
+        return None
+    return str(value) if isinstance(value, Rate) else "paused"
+
+
+async def _load_controls(conn: Any) -> Controls:
+    """The controls table, or none while it does not exist yet (before ``asyncjobs
+    migrate`` reached 0006: the flags must keep working)."""
+    try:
+        return controls.controls_of(await conn.fetch(controls.LOAD_SQL))
+    except asyncpg.UndefinedTableError:
+        return NO_CONTROLS

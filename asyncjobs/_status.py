@@ -7,7 +7,8 @@ whatever the queues hold): ``ZCOUNT`` for the ready and deferred jobs, a
 few due entries of a queue for the oldest ready job. Its cost grows with the
 running jobs, never with the queued ones, so a Prometheus exporter can call
 it at every scrape. :func:`snapshot` adds what PostgreSQL knows (dead
-letters per job, stopped jobs, the reconcilers' state); without PostgreSQL
+letters per job, stopped jobs, paused queues and throttles, the reconcilers'
+state); without PostgreSQL
 the Redis part still comes back, with ``database_error`` saying why the rest
 is missing.
 
@@ -39,6 +40,7 @@ from ._rules import ALL_JOBS, takes
 
 if TYPE_CHECKING:
     from ._app import App
+    from ._controls import Control
     from ._flags import Flag, FlagEvent
     from ._jobs import JobSpec
     from ._reconcilers import Reconciler
@@ -241,14 +243,33 @@ class Status:
     not be read, or the outbox table is not there yet)."""
     rules: tuple[Rule, ...] | None = None
     """The argument rules in force (``None`` with the other PostgreSQL parts)."""
+    controls: tuple[Control, ...] | None = None
+    """Paused queues and throttles (:mod:`asyncjobs._controls`); ``None`` when PostgreSQL
+    could not be read."""
+
+    @property
+    def paused_queues(self) -> tuple[Control, ...] | None:
+        """The paused queues, with who paused them, when and why."""
+        return None if self.controls is None else tuple(c for c in self.controls if c.rate is None)
+
+    @property
+    def throttles(self) -> tuple[Control, ...] | None:
+        """The throttled job classes, with their rates."""
+        return None if self.controls is None else tuple(c for c in self.controls if c.rate)
+
+    def paused(self, queue: str) -> bool | None:
+        """Whether ``queue`` is paused (``None``: unknown, PostgreSQL could not be read)."""
+        paused = self.paused_queues
+        return None if paused is None else any(c.target == queue for c in paused)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON document of ``asyncjobs status --json`` (keys in the README)."""
         dead = self.dead_letters
         stopped = self.stopped_jobs
+        paused, throttles = self.paused_queues, self.throttles
         return {
             "at": iso(self.at),
-            "queues": [q.as_dict() for q in self.queues],
+            "queues": [{**q.as_dict(), "paused": self.paused(q.name)} for q in self.queues],
             "workers": [w.as_dict() for w in self.workers],
             "postgres": {"available": self.database_error is None, "error": self.database_error},
             "dead_letters": None
@@ -256,6 +277,8 @@ class Status:
             else [{"job_name": name, "count": count} for name, count in dead.items()],
             "stopped_jobs": None if stopped is None else [s.as_dict() for s in stopped],
             "rules": None if self.rules is None else [rule_record(r) for r in self.rules],
+            "paused_queues": None if paused is None else [c.as_dict() for c in paused],
+            "throttles": None if throttles is None else [c.as_dict() for c in throttles],
             "reconcilers": [r.as_dict() for r in self.reconcilers],
             "outbox": None if self.outbox is None else self.outbox.as_dict(),
         }
@@ -371,6 +394,7 @@ async def snapshot(app: App) -> Status:
     flags: list[Flag] | None = None
     outbox: Backlog | None = None
     rules: list[Rule] | None = None
+    controls: list[Control] | None = None
     error: str | None = None
     if app.settings.database_url is None:
         error = "not configured (ASYNCJOBS_DATABASE_URL is not set)"
@@ -380,8 +404,9 @@ async def snapshot(app: App) -> Status:
             flags = await app.flags.list()
             outbox = await backlog(app)
             rules = await app.flags.rules()
+            controls = await app.flags.list_controls()
         except DATABASE_ERRORS as exc:
-            dead, flags, rules, error = None, None, None, database_problem(exc)
+            dead, flags, rules, controls, error = None, None, None, None, database_problem(exc)
     states = None if flags is None else {f.name: f.enabled for f in flags}
     return Status(
         at=datetime.now(UTC),
@@ -393,6 +418,7 @@ async def snapshot(app: App) -> Status:
         database_error=error,
         outbox=outbox,
         rules=None if rules is None else tuple(rules),
+        controls=None if controls is None else tuple(controls),
     )
 
 
@@ -484,7 +510,9 @@ def flag_record(flag: Flag, job_names: frozenset[str]) -> dict[str, Any]:
 def flag_event_record(event: FlagEvent) -> dict[str, Any]:
     """A flag change (``flags history``): ``name``, ``old_value`` (``null``: the flag was
     new), ``new_value``, ``actor``, ``reason``, ``at``, ``rule`` (the argument rule added or
-    removed, else ``null``), ``until`` (the end the change set, else ``null``)."""
+    removed, else ``null``), ``until`` (the end the change set, else ``null``), ``detail``
+    (a throttle's rate, for the ``throttle:<job>`` entries; ``pause:<queue>`` entries are a
+    queue's pauses)."""
     return {
         "name": event.name,
         "old_value": event.old_value,
@@ -494,6 +522,7 @@ def flag_event_record(event: FlagEvent) -> dict[str, Any]:
         "at": iso(event.at),
         "rule": event.rule,
         "until": None if event.expires_at is None else iso(event.expires_at),
+        "detail": event.detail,
     }
 
 

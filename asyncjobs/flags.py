@@ -14,6 +14,8 @@ the argument rules, which stop only the jobs whose named argument matches:
 :func:`enable_where` and :func:`rules` (:mod:`asyncjobs._rules` says how they match).
 ``until`` (a timedelta, or an aware datetime) makes a stop end by itself. On any other
 App, use its store: ``app.flags``.
+So do the incident controls (:mod:`asyncjobs._controls`): :func:`throttle` /
+:func:`unthrottle` a job class, :func:`pause_queue` / :func:`resume_queue`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ._app import get_app
+from ._controls import Control, ControlChange, Controls, Rate, parse_rate
 from ._flags import (
     Flag,
     FlagChange,
@@ -37,10 +40,14 @@ from ._rules import Condition, Rule
 
 __all__ = [
     "Condition",
+    "Control",
+    "ControlChange",
+    "Controls",
     "Flag",
     "FlagChange",
     "FlagEvent",
     "FlagStore",
+    "Rate",
     "Rule",
     "RuleChange",
     "check_flag_name",
@@ -54,7 +61,12 @@ __all__ = [
     "is_enabled",
     "kill_switch",
     "list",
+    "parse_rate",
+    "pause_queue",
+    "resume_queue",
     "rules",
+    "throttle",
+    "unthrottle",
 ]
 
 
@@ -121,3 +133,31 @@ async def enable_where(
 async def rules(job: str | None = None) -> builtins.list[Rule]:
     """:meth:`FlagStore.rules` on the default App."""
     return await _store().rules(job)
+
+
+async def throttle(
+    job: str, rate: str, *, actor: str | None = None, reason: str | None = None
+) -> ControlChange:
+    """:meth:`FlagStore.throttle` on the default App."""
+    return await _store().throttle(job, rate, actor=actor, reason=reason)
+
+
+async def unthrottle(
+    job: str, *, actor: str | None = None, reason: str | None = None
+) -> ControlChange:
+    """:meth:`FlagStore.unthrottle` on the default App."""
+    return await _store().unthrottle(job, actor=actor, reason=reason)
+
+
+async def pause_queue(
+    queue: str, *, actor: str | None = None, reason: str | None = None
+) -> ControlChange:
+    """:meth:`FlagStore.pause_queue` on the default App."""
+    return await _store().pause_queue(queue, actor=actor, reason=reason)
+
+
+async def resume_queue(
+    queue: str, *, actor: str | None = None, reason: str | None = None
+) -> ControlChange:
+    """:meth:`FlagStore.resume_queue` on the default App."""
+    return await _store().resume_queue(queue, actor=actor, reason=reason)

@@ -26,6 +26,13 @@ to ``ASYNCJOBS_SHUTDOWN_GRACE`` seconds, then cancels the rest and hands them
 back to their queues at once (the try not counted), logging
 ``worker.stopping`` and ``job.requeued``. A second signal cancels at once.
 
+Incident controls (:mod:`asyncjobs._controls`): before each claim the loop reads the
+flag store's snapshot of paused queues and throttles (no I/O). A paused queue is
+simply not claimed from (nor waited on); while a job class is throttled, what a
+claim took of that class passes through the shared limiter, and what is over the
+rate goes back to its queue, deferred, its try not counted. A change wakes the
+loop as soon as the flag store has loaded it.
+
 A payload that names no job this worker knows, is not a JSON job payload, or
 whose arguments do not fit the job's signature is never run: it goes to the
 dead letters (reason ``unknown_job``, ``bad_payload``, ``bad_arguments``) with
@@ -76,6 +83,7 @@ from ._claim import (
     parse_claim,
     wake_key,
 )
+from ._controls import Controls, Limiter
 from ._core import JobContext
 from ._enqueue import Prepared, serialize_job, write_prepared
 from ._exceptions import ConfigurationError
@@ -186,6 +194,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._started = time.time()
         self._rotation = 0
+        self._paused: frozenset[str] = frozenset()  # of this worker's queues, as last seen
+        self._limiter: Limiter | None = None
         self._claim_failed = False
         self._claim_redis: Redis | None = None
         self._flushing: set[str] = set()  # ids of the outcomes being written now
@@ -217,6 +227,7 @@ class Worker:
             "finish": self._redis.register_script(FINISH_LUA),
             "recover": self._redis.register_script(RECOVER_LUA),
         }
+        self._limiter = Limiter(self._claim_redis, self.id, self._jobs_key)
         if self.handle_signals:
             self._install_signal_handlers()
         try:
@@ -225,6 +236,10 @@ class Worker:
             if self._metrics is not None:
                 self._metrics.attach(self.health)
             await self._beat(first=True)
+            # Once, bounded by ASYNCJOBS_FLAG_TIMEOUT: a worker started during an incident
+            # must not run a paused queue's jobs before it has read the pauses.
+            await self.app.flags.controls()
+            self.app.flags.watch(self._wake.set)
             if self.on_startup is not None:
                 await self.on_startup(self.ctx)
             self._background = [
@@ -348,6 +363,7 @@ class Worker:
                 error=f"outcomes not written within {bound}s",
                 unwritten=len(self._pending),
             )
+        self.app.flags.unwatch(self._wake.set)
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -392,10 +408,22 @@ class Worker:
                 self.health.full = False
                 continue
             want = min(free, CLAIM_MAX)
+            controls = self.app.flags.controls_now()
+            queues = self._claimable(controls)
+            if not queues:  # every queue is paused: wait for a resume (or a stop)
+                if self.burst:
+                    return
+                await self._wait_for_work(queues)
+                continue
             try:
                 if self._claim_failed:  # before claiming again, in this same task
                     await self._release_lost_claims()
-                jobs = await self._claim(want)
+                jobs = await self._claim(want, queues)
+                claimed = len(jobs)
+                if controls.throttles and jobs:
+                    assert self._limiter is not None
+                    async with asyncio.timeout(CLAIM_TIMEOUT_S):  # lost: _release_lost_claims
+                        jobs = await self._limiter.admit(jobs, controls.throttles)
             except Exception as exc:
                 # The claim may have run with its reply lost: what it took is handed back
                 # before the next claim (it is never sent twice, see _claim).
@@ -419,17 +447,31 @@ class Worker:
                 self._running[job.job_id] = task
                 self._since[job.job_id] = time.time()
                 task.add_done_callback(self._job_done)
-            if len(jobs) == want:
+            if claimed == want:
                 await asyncio.sleep(0)  # let what was claimed start before claiming more
                 continue
-            if self.burst and await self._burst_done():
+            if self.burst and await self._burst_done(queues):
                 return
-            await self._wait_for_work()
+            await self._wait_for_work(queues)
 
-    async def _claim(self, want: int) -> list[Claimed]:
+    def _claimable(self, controls: Controls) -> tuple[str, ...]:
+        """This worker's queues that are not paused; logs when that changes."""
+        paused = controls.paused.intersection(self.queues)
+        if paused != self._paused:
+            _log.info(
+                logs.QUEUES_PAUSED,
+                worker_id=self.id,
+                paused=sorted(paused),
+                resumed=sorted(self._paused - paused),
+            )
+            self._paused = paused
+        if not paused:
+            return self.queues
+        return tuple(q for q in self.queues if q not in paused)
+
+    async def _claim(self, want: int, queues: tuple[str, ...]) -> list[Claimed]:
         """One CLAIM_LUA call, on a connection that never resends it: a resent claim after
         a lost reply would claim a second batch and strand the first."""
-        queues = self.queues
         if len(queues) > 1:  # start at a different queue each time, so none starves
             self._rotation = (self._rotation + 1) % len(queues)
             queues = queues[self._rotation :] + queues[: self._rotation]
@@ -447,13 +489,21 @@ class Worker:
         self._aborting.discard(task.get_name())
         self._slot_free.set()
 
-    async def _wait_for_work(self) -> None:
-        """Until a wake-up token, the next poll, or a stop, whichever comes first."""
+    async def _wait_for_work(self, queues: tuple[str, ...]) -> None:
+        """Until a wake-up token of ``queues``, the next poll, a change of the controls, or
+        a stop, whichever comes first."""
         if self._wake.is_set():
             self._wake.clear()
             return
+        if not queues:  # all paused: the controls' watcher sets _wake on a resume
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(self.poll_delay, 0.5)):
+                    await self._wake.wait()
+            self._wake.clear()
+            return
+        keys = self._wake_keys if queues == self.queues else [wake_key(q) for q in queues]
         # redis-py types BLPOP's timeout as whole seconds; Redis takes fractions since 6.0.
-        wait: Awaitable[Any] = self.redis.blpop(self._wake_keys, self.poll_delay)  # type: ignore[arg-type,assignment]
+        wait: Awaitable[Any] = self.redis.blpop(keys, self.poll_delay)  # type: ignore[arg-type,assignment]
         blpop = asyncio.ensure_future(wait)
         woken = asyncio.ensure_future(self._wake.wait())
         try:
@@ -474,12 +524,12 @@ class Worker:
             async with asyncio.timeout(seconds):
                 await self._stop.wait()
 
-    async def _burst_done(self) -> bool:
+    async def _burst_done(self, queues: tuple[str, ...]) -> bool:
         if self._running:
             return False
         await self._drain_pending()
         pipe = self.redis.pipeline(transaction=False)
-        for queue in self.queues:
+        for queue in queues:  # a paused queue's jobs do not keep a burst worker going
             pipe.zcard(queue)
         counts: list[int] = await pipe.execute()
         return sum(counts) == 0

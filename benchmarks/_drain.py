@@ -1,6 +1,7 @@
 """Child process for worker.drain: fill the queue, then time one worker draining it.
 
-Usage: python -m benchmarks._drain {arq|arq-tuned|asyncjobs|asyncjobs-metrics|exclusive}
+Usage: python -m benchmarks._drain
+    {arq|arq-tuned|asyncjobs|asyncjobs-metrics|asyncjobs-throttled|exclusive}
     REDIS_URL COUNT [DB_URL]
 
 ``arq`` is arq's Worker with its defaults; ``arq-tuned`` is arq's Worker with
@@ -8,6 +9,9 @@ asyncjobs' defaults (max_jobs, poll_delay, keep_result) and no wrapper;
 ``asyncjobs`` is ``asyncjobs.WorkerSettings``; ``asyncjobs-metrics`` the same with
 ``ASYNCJOBS_METRICS_PORT`` set (the endpoint served, every job counted and timed; the
 JSON line adds ``counted``, the jobs ``asyncjobs_jobs_succeeded_total`` counted);
+``asyncjobs-throttled`` the same with ``noop`` throttled to :data:`THROTTLE_RATE`, far
+above any drain rate (set in PostgreSQL before the drain, removed after it; the JSON
+line adds ``throttle_calls``, the limiter calls the worker made);
 ``exclusive`` the same running ``exclusive_noop`` (an advisory lock per job, PostgreSQL
 at DB_URL). All log as ``arq`` does.
 Prints one JSON line: {"seconds": ..., "jobs": ..., "max_rss_kb": ...}; asyncjobs' kinds
@@ -27,6 +31,12 @@ from uuid import uuid4
 
 import redis.asyncio as aioredis
 
+THROTTLE_RATE = "1000000/s"
+
+
+def _compact(data: dict[str, object]) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
 
 async def fill(url: str, count: int, serializer: str, function: str = "noop") -> None:
     """Write COUNT no-op jobs in arq's format with pipelines (not what is measured)."""
@@ -38,11 +48,23 @@ async def fill(url: str, count: int, serializer: str, function: str = "noop") ->
         for n in range(start, min(count, start + 5000)):
             job_id = uuid4().hex
             data = {"t": None, "f": function, "a": [n], "k": {}, "et": now}
-            raw = pickle.dumps(data) if serializer == "pickle" else json.dumps(data).encode()
+            # JSON as asyncjobs' own enqueue writes it: compact, the try first, then the name.
+            raw = pickle.dumps(data) if serializer == "pickle" else _compact(data).encode()
             pipe.psetex("arq:job:" + job_id, 86_400_000, raw)
             pipe.zadd("arq:queue", {job_id: now})
         await pipe.execute()
     await client.aclose()
+
+
+async def _throttle(rate: str | None) -> None:
+    """Throttle ``noop`` to ``rate`` (None: remove it), on an App of its own."""
+    import asyncjobs
+
+    async with asyncjobs.App(asyncjobs.Settings.from_env()) as app:
+        if rate is None:
+            await app.flags.unthrottle("noop", actor="benchmarks")
+        else:
+            await app.flags.throttle("noop", rate, actor="benchmarks")
 
 
 def main() -> None:
@@ -101,12 +123,21 @@ def main() -> None:
         # As a worker's start-up does before its loop: import prometheus-client, bind the port.
         metrics = open_server(app) if kind == "asyncjobs-metrics" else None
         own = OwnWorker(app, burst=True, handle_signals=False, metrics=metrics)
-        start, cpu = time.perf_counter(), time.process_time()
-        asyncio.run(own.run())
-        seconds = time.perf_counter() - start
+        if kind == "asyncjobs-throttled":
+            asyncio.run(_throttle(THROTTLE_RATE))
+        try:
+            start, cpu = time.perf_counter(), time.process_time()
+            asyncio.run(own.run())
+            seconds = time.perf_counter() - start
+        finally:
+            if kind == "asyncjobs-throttled":
+                asyncio.run(_throttle(None))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         out = {"seconds": seconds, "jobs": own.jobs_complete, "max_rss_kb": rss}
         out["cpu_seconds"] = time.process_time() - cpu  # the worker's own CPU, all threads
+        if kind == "asyncjobs-throttled":
+            assert own._limiter is not None
+            out["throttle_calls"] = own._limiter.calls
         if kind == "asyncjobs-metrics":
             from asyncjobs.metrics import registry
 

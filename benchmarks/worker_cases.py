@@ -310,8 +310,56 @@ def worker_drain_noop_metrics(urls: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def worker_drain_noop_throttled(urls: dict[str, str]) -> dict[str, Any]:
+    """worker.drain.noop.throttled: worker.drain.noop with ``noop`` throttled to a rate far
+    above the drain rate (1,000,000/s: every job passes the shared limiter, none waits)
+    against the same drain unthrottled, each run a fresh process, interleaved (the side
+    that goes first alternates). Includes, per claimed batch, reading the job names from
+    the payloads and one limiter script call; excludes setting and removing the throttle
+    (PostgreSQL, before and after the timed drain). The ratio is throttled / unthrottled.
+    """
+    from benchmarks.cases import _drain
+
+    _ensure_migrated(urls)
+    jobs = int(os.environ.get("BENCH_DRAIN_JOBS", "20000"))
+    rates: dict[str, list[float]] = {"asyncjobs": [], "asyncjobs-throttled": []}
+    cpu: dict[str, list[float]] = {"asyncjobs": [], "asyncjobs-throttled": []}
+    calls = []
+    for rep in range(REPS):
+        sides = ["asyncjobs", "asyncjobs-throttled"]
+        for kind in sides if rep % 2 == 0 else reversed(sides):
+            run = _drain(kind, urls["redis"], jobs, urls["postgres"])
+            if kind == "asyncjobs-throttled":
+                if not run.get("throttle_calls"):
+                    raise RuntimeError("the throttled drain never called the limiter")
+                calls.append(run["throttle_calls"])
+            rates[kind].append(run["rate"])
+            cpu[kind].append(run["cpu_seconds"] / jobs * 1e6)
+    on, off = rates["asyncjobs-throttled"], rates["asyncjobs"]
+    value, baseline = statistics.median(on), statistics.median(off)
+    cpu_on, cpu_off = (statistics.median(cpu[k]) for k in ("asyncjobs-throttled", "asyncjobs"))
+    return {
+        "name": "worker.drain.noop.throttled",
+        "value": round(value, 1),
+        "unit": "jobs/s",
+        "baseline": {"name": "worker.drain.noop (no throttle)", "value": round(baseline, 1)},
+        "ratio": round(value / baseline, 3),
+        "target": ">= 0.9x without a throttle",
+        "met": value / baseline >= 0.9,
+        "runs": [round(r, 1) for r in on],
+        "baseline_runs": [round(r, 1) for r in off],
+        "notes": (
+            f"{jobs} jobs per run, {REPS} runs of each, interleaved, kill switch on, noop "
+            f"throttled to 1,000,000/s; limiter calls per run {calls}; the worker's CPU per "
+            f"job (median): {cpu_on:.1f} us throttled, {cpu_off:.1f} us not, "
+            f"{cpu_off / cpu_on:.3f}x"
+        ),
+    }
+
+
 WORKER_CASES: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
     "worker.drain.noop.metrics": worker_drain_noop_metrics,
+    "worker.drain.noop.throttled": worker_drain_noop_throttled,
     "worker.recovery.sigkill": worker_recovery_sigkill,
     "worker.drain.3_workers": worker_drain_3_workers,
     "worker.latency.idle": worker_latency_idle,

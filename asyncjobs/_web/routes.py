@@ -34,6 +34,7 @@ from .. import _logs as logs
 from .._app import App, get_app
 from .._arq import timestamp_ms
 from .._cancel import cancel, check_job_id
+from .._controls import Control
 from .._exceptions import AsyncJobsError, CancelError, RedisUnavailableError
 from .._jobs import JobSpec
 from .._naming import job_of_flag
@@ -230,11 +231,14 @@ class Dashboard:
         minutes = await o.redis(self._minutes)
         flags = await o.postgres(self.app.flags.list)
         dead = await o.postgres(DeadLetters(self.app).counts)
+        controls = await o.postgres(self.app.flags.list_controls)
         return self.render(
             view,
             "overview.html",
             title="Overview",
             queues=queues,
+            paused=_paused(controls),
+            throttles=None if controls is None else [c for c in controls if c.rate is not None],
             workers=workers,
             chart=None if minutes is None else chart(minutes),
             stopped=None if flags is None else stopped_jobs(flags),
@@ -297,8 +301,13 @@ class Dashboard:
 
     async def queues(self, view: View) -> Response:
         stats = await view.outages.redis(lambda: read_redis(self.app))
+        controls = await view.outages.postgres(self.app.flags.list_controls)
         return self.render(
-            view, "queues.html", title="Queues", queues=None if stats is None else stats[0]
+            view,
+            "queues.html",
+            title="Queues",
+            queues=None if stats is None else stats[0],
+            paused=_paused(controls),
         )
 
     async def queue(self, view: View) -> Response:
@@ -311,9 +320,10 @@ class Dashboard:
         pages = None if size is None else max(1, -(-size // PAGE_SIZE))
         if pages is not None and page > pages:
             raise Problem(404, f"no page {page} of queue {name!r}: it has {_count(pages, 'page')}")
+        paused = _paused(await view.outages.postgres(self.app.flags.list_controls))
         return self.render(
             view, "queue.html", title=f"Queue {name}", queue=name, size=size, jobs=jobs,
-            page=page, pages=pages,
+            page=page, pages=pages, paused=(paused or {}).get(name),
         )  # fmt: skip
 
     async def delete_job(self, view: View) -> Response:
@@ -608,3 +618,8 @@ def dashboard(
         return pages._plain(404, f"There is no dashboard page at {request.url.path}.")
 
     return Starlette(routes=pages.routes(), exception_handlers={404: not_found})
+
+
+def _paused(controls: list[Control] | None) -> dict[str, Control] | None:
+    """The paused queues by name, from the controls (None: PostgreSQL could not be read)."""
+    return None if controls is None else {c.target: c for c in controls if c.rate is None}

@@ -114,6 +114,8 @@ async def test_status_and_every_json_list_match_a_known_state(
         "dead_letters",
         "stopped_jobs",
         "rules",
+        "paused_queues",
+        "throttles",
         "reconcilers",
         "outbox",
     }
@@ -123,7 +125,13 @@ async def test_status_and_every_json_list_match_a_known_state(
     assert [q["name"] for q in doc["queues"]] == ["arq:queue", "billing", "extra:only"]
     billing_age = queues["billing"].pop("oldest_ready_age_s")
     assert before - due - 1 <= billing_age <= after - due + 1
-    assert queues["billing"] == {"name": "billing", "ready": 4, "deferred": 1, "running": 0}
+    assert queues["billing"] == {
+        "name": "billing",
+        "ready": 4,
+        "deferred": 1,
+        "running": 0,
+        "paused": False,
+    }
     # The running job is due and still in its queue (as in arq), yet neither ready nor oldest.
     assert queues["arq:queue"] == {
         "name": "arq:queue",
@@ -131,6 +139,7 @@ async def test_status_and_every_json_list_match_a_known_state(
         "deferred": 2,
         "running": 1,
         "oldest_ready_age_s": None,
+        "paused": False,
     }
     assert queues["extra:only"] == {
         "name": "extra:only",
@@ -138,6 +147,7 @@ async def test_status_and_every_json_list_match_a_known_state(
         "deferred": 0,
         "running": 0,
         "oldest_ready_age_s": None,
+        "paused": False,
     }
     (w,) = doc["workers"]
     assert (w["pid"], w["queues"], w["running"], w["max_jobs"]) == (
@@ -149,6 +159,7 @@ async def test_status_and_every_json_list_match_a_known_state(
     assert _when(w["started"]) <= _when(w["heartbeat"]) <= _when(doc["at"])
     assert doc["postgres"] == {"available": True, "error": None}
     assert doc["dead_letters"] == [{"job_name": "fails_twice", "count": 1}]
+    assert (doc["paused_queues"], doc["throttles"]) == ([], [])
     stopped = doc["stopped_jobs"]
     assert [(s["job"], s["flag"], s["stopped_by"], s["reason"]) for s in stopped] == [
         ("gone_job", "disable_gone_job", "ops", None),
@@ -172,8 +183,8 @@ async def test_status_and_every_json_list_match_a_known_state(
     queue_rows = {x.split()[0]: x.split()[1:] for x in lines[1 : lines.index("")]}
     assert queue_rows["billing"][:3] == ["4", "1", "0"]
     assert queue_rows["billing"][3].startswith("5m")  # about 300 s
-    assert queue_rows["arq:queue"] == ["0", "2", "1", "-"]
-    assert queue_rows["extra:only"] == ["0", "0", "0", "-"]
+    assert queue_rows["arq:queue"] == ["0", "2", "1", "-", "running"]
+    assert queue_rows["extra:only"] == ["0", "0", "0", "-", "running"]
     (worker_line,) = _section(lines, "workers alive: 1")
     assert f":{pid}:" in worker_line
     assert "running 1/500" in worker_line
@@ -283,9 +294,17 @@ def test_json_lists_are_one_document_when_empty(redis_url: str, database_url: st
     assert _json("reconcile", "--list", "--json", env=env) == {"reconcilers": []}
     doc = _json("status", "--json", env=env)
     assert doc["queues"] == [
-        {"name": "arq:queue", "ready": 0, "deferred": 0, "running": 0, "oldest_ready_age_s": None}
+        {
+            "name": "arq:queue",
+            "ready": 0,
+            "deferred": 0,
+            "running": 0,
+            "oldest_ready_age_s": None,
+            "paused": False,
+        }
     ]
     assert (doc["workers"], doc["dead_letters"], doc["stopped_jobs"]) == ([], [], [])
+    assert (doc["paused_queues"], doc["throttles"]) == ([], [])
     run = cli("reconcile", "pending_rows", "--json", env=env)
     assert run.returncode == 2
     assert "--json goes with --list" in run.stderr

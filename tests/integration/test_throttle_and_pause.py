@@ -162,10 +162,10 @@ async def test_status_and_the_dashboard_show_a_paused_queue_and_a_throttle(
     await app.flags.throttle("throttled_stamp", "10/m", actor="bo", reason="provider 429s")
     await app.enqueue(billing_stamp, 1)
     status = (await snapshot(app)).as_dict()
-    assert [(q["name"], q["paused"]) for q in status["queues"]] == [
-        ("arq:queue", False),
-        ("billing", True),
-    ]
+    # Other test modules may have registered jobs on queues of their own; these two count.
+    paused = {q["name"]: q["paused"] for q in status["queues"]}
+    assert (paused["arq:queue"], paused["billing"]) == (False, True)
+    assert [name for name, on in paused.items() if on] == ["billing"]
     assert [
         (t["job"], t["rate"], t["limit"], t["period_s"], t["by"]) for t in status["throttles"]
     ] == [("throttled_stamp", "10/m", 10, 60, "bo")]

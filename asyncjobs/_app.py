@@ -252,20 +252,29 @@ class App(Core):
 
 
 _default_app: App | None = None
+_built_here = False
+"""Whether :func:`get_app` built the default App (rather than :func:`set_app` setting it)."""
 
 
 def get_app() -> App:
-    """The default App, built from the environment on first use."""
-    global _default_app
-    if _default_app is None:
-        _default_app = App()
-    return _default_app
+    """The default App, built from the environment on first use.
+
+    Its connections belong to the event loop they were opened on. When that loop has
+    closed, or another one runs now (a script that calls ``asyncio.run()`` twice, test
+    frameworks that give each test its own loop), a default App this function built is
+    built anew; one given to :func:`set_app` is yours to replace."""
+    global _default_app, _built_here
+    app = _default_app
+    if app is None or (_built_here and app.loop_gone()):
+        app = _default_app = App()
+        _built_here = True
+    return app
 
 
 def set_app(app: App | None) -> App | None:
     """Make ``app`` the default App; returns the previous one (not closed)."""
-    global _default_app
-    previous, _default_app = _default_app, app
+    global _default_app, _built_here
+    previous, _default_app, _built_here = _default_app, app, False
     return previous
 
 

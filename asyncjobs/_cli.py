@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
@@ -469,7 +470,7 @@ def _switch_job(
         who = "every job class taking " + ", ".join(sorted({c.arg for c in conds}))
         name = who if spec is None else spec.name
         undo = f"asyncjobs jobs enable {'--all-jobs' if spec is None else spec.name}"
-        undo += "".join(f" --where '{c.text}'" for c in conds)
+        undo += "".join(f" --where {shlex.quote(c.text)}" for c in conds)  # pasteable as is
         if stop:
             change = _with_app(
                 lambda app: app.flags.disable_where(
@@ -612,7 +613,7 @@ def jobs_throttle(
         f"{job} is throttled to {change.now} ({was}): workers together start at most that "
         "many; the rest wait in the queue, deferred, not counted as tries. Workers apply it "
         "at once (within ASYNCJOBS_FLAG_TTL if notifications are lost). "
-        f"Undo: asyncjobs jobs throttle {job} --off"
+        f"Undo: asyncjobs jobs throttle {job} {change.was or '--off'}"
     )
 
 

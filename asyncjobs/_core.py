@@ -67,6 +67,8 @@ class Core:
         enabled (:func:`asyncjobs.metrics.enable`, or ``ASYNCJOBS_METRICS_PORT`` in a worker)."""
         self._redis: ArqRedis | None = None
         self._db: asyncpg.Pool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The event loop the connections were opened on (they work on no other)."""
         self._lock_db: asyncpg.Pool | None = None
         self._db_lock = asyncio.Lock()
         self.pooling: Pooling | None = None
@@ -84,6 +86,7 @@ class Core:
         connection goes to the master the Sentinels name at that moment.
         """
         if self._redis is None:
+            self._loop = self._loop or asyncio.get_running_loop()
             url = self.settings.require_redis_url()
             timeout = self.settings.redis_timeout
             # Not a socket read timeout: that would wrap every read in a timeout context.
@@ -123,6 +126,7 @@ class Core:
         call tries again.
         """
         if self._db is None:
+            self._loop = self._loop or asyncio.get_running_loop()
             async with self._db_lock:
                 if self._db is None:
                     self._db = await self._open_db()
@@ -254,6 +258,17 @@ class Core:
             _log.warning(logs.DATABASE_UNAVAILABLE, error=str(exc), url=redact(url))
             raise DatabaseUnavailableError(_database_error(exc, redact(url), purpose, var)) from exc
 
+    def loop_gone(self) -> bool:
+        """Whether this App's connections were opened on an event loop that has closed or
+        is not the one running now, so that they cannot serve this one."""
+        loop = self._loop
+        if loop is None:
+            return False
+        try:
+            return asyncio.get_running_loop() is not loop
+        except RuntimeError:  # no loop runs: the connections wait for theirs, if it is open
+            return loop.is_closed()
+
     def has_db(self) -> bool:
         """Whether the PostgreSQL pool is open."""
         return self._db is not None
@@ -261,6 +276,7 @@ class Core:
     async def close(self) -> None:
         """Close the flag store's tasks and both pools."""
         await self.flags.close()
+        self._loop = None
         redis, self._redis = self._redis, None
         self._scripts.clear()
         db, self._db = self._db, None

@@ -43,6 +43,11 @@ _RANGES = {
 }
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 """Weekday names :class:`Cron` takes besides 0 (Monday) to 6 (Sunday), as ``datetime.weekday()``."""
+_DAY_NUMBERS = {
+    **{short: n for n, short in enumerate(WEEKDAYS)},
+    **{calendar.day_name[n].lower(): n for n in range(7)},
+}
+"""A day's name, short or in full (any case), to its number; nothing else is a day."""
 _SEARCH_LIMIT = 100_000
 """Steps :meth:`Cron.next_after` takes at most (tens of years of days): an impossible
 date is refused when the Cron is made, so this is never reached."""
@@ -77,15 +82,19 @@ def _values(name: str, value: FieldValue) -> frozenset[int]:
     try:
         found = set()
         for item in items:
-            if name == "weekday" and isinstance(item, str) and item.lower()[:3] in WEEKDAYS:
-                item = WEEKDAYS.index(item.lower()[:3])
+            if name == "weekday" and isinstance(item, str) and item.lower() in _DAY_NUMBERS:
+                item = _DAY_NUMBERS[item.lower()]
             if isinstance(item, bool) or not isinstance(item, int):
                 raise TypeError
             found.add(item)
     except TypeError:
         raise JobDefinitionError(
             f"Cron {name}={value!r} must be a whole number or a set of them"
-            + (", or day names ('mon' ... 'sun')" if name == "weekday" else "")
+            + (
+                ", or day names ('mon' ... 'sun', or in full; several as a set: {'mon', 'fri'})"
+                if name == "weekday"
+                else ""
+            )
         ) from None
     allowed = _RANGES[name]
     bad = sorted(v for v in found if v not in allowed)

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +21,7 @@ from asyncjobs import (
     Settings,
 )
 from asyncjobs.serializer import deserialize
+from tests.conftest import ROOT
 from tests.workerjobs import InvoiceJob, record_args
 
 
@@ -70,6 +75,40 @@ async def test_with_options_enqueues_with_the_options_given_beforehand(
     with pytest.raises(asyncjobs.InvalidOptionError, match="_job_id given both"):
         await app.with_options(_job_id="a").enqueue(record_args, 1, _job_id="b")
     assert await redis.zcard("arq:queue") == 1
+
+
+SCRIPT_THAT_RUNS_TWICE = """
+import asyncio, asyncjobs
+from tests.workerjobs import record_args
+for n in range(2):  # two asyncio.run(): two event loops, one default App each
+    job = asyncio.run(asyncjobs.enqueue(record_args, n))
+    print(job.job_id)
+"""
+
+
+async def test_the_default_app_serves_each_event_loop_it_is_used_from(
+    redis_url: str, database_url: str, redis: aioredis.Redis
+) -> None:
+    async with App(Settings(redis_url=redis_url, database_url=database_url)) as app:
+        await app.migrate()
+    env = {**os.environ, "ASYNCJOBS_REDIS_URL": redis_url, "ASYNCJOBS_DATABASE_URL": database_url}
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", SCRIPT_THAT_RUNS_TWICE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    ids = run.stdout.split()
+    assert len(ids) == 2
+    assert {m.decode() for m in await redis.zrange("arq:queue", 0, -1)} == set(ids)
+    mine = App(Settings(redis_url=redis_url, database_url=database_url))
+    asyncjobs.set_app(mine)  # an App given to set_app is kept, whatever the loop
+    assert asyncjobs.get_app() is mine
 
 
 async def test_deferred_and_expiring_jobs_get_arqs_score_and_ttl(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 from datetime import UTC, datetime, timedelta
 
@@ -190,10 +191,11 @@ async def test_cli_adds_lists_and_removes_a_rule_of_several_conditions(
     missing = cli("jobs", "enable", "charge_customer", "--where", "customer_id=42", env=rule_env)
     assert missing.returncode == 1
     assert "has no rule customer_id=42 (its rules: customer_id in (42, 43)" in missing.stderr
-    removed = cli(
-        "jobs", "enable", "charge_customer", "--where", "region=us",
-        "--where", "customer_id in (43, 42)", env=rule_env,
-    )  # fmt: skip
+    # The printed undo command, read as a POSIX shell reads a pasted line, removes it.
+    undo = shlex.split(added.stdout.split("Undo: ", 1)[1].strip())
+    assert undo[:4] == ["asyncjobs", "jobs", "enable", "charge_customer"]
+    assert undo[4:] == ["--where", "customer_id in (42, 43)", "--where", "region='us'"]
+    removed = cli(*undo[1:], env=rule_env)
     assert removed.returncode == 0, removed.stderr
     assert "is removed" in removed.stdout
     assert json.loads(cli("flags", "list", "--json", env=rule_env).stdout)["rules"] == []

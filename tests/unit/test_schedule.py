@@ -52,6 +52,7 @@ def test_fields_left_out_are_every_value_when_coarser_and_the_first_when_finer()
     assert repr(Cron(hour=3)) == "Cron(hour=3, minute=0, second=0)"
     assert repr(Cron(minute={30, 0})) == "Cron(minute={0, 30}, second=0)"
     assert repr(Cron(weekday="Sunday")) == "Cron(weekday=6, hour=0, minute=0, second=0)"
+    assert Cron(weekday={"Mon", "friday"}) == Cron(weekday={0, 4})
     assert Cron(minute=5).describe() == "cron minute=5 second=0 UTC"
     assert Cron(hour=set(range(9, 18)), minute={0, 30}).describe() == (
         "cron hour=9-17 minute=0,30 second=0 UTC"
@@ -66,6 +67,9 @@ def test_fields_left_out_are_every_value_when_coarser_and_the_first_when_finer()
         ({"minute": 60}, "from 0 to 59"),
         ({"weekday": 7}, "(0 is Monday)"),
         ({"weekday": "someday"}, "day names"),
+        ({"weekday": "monkey"}, "day names"),  # no day begins it
+        ({"weekday": "mon,fri"}, "as a set"),
+        ({"weekday": "fri-sun"}, "as a set"),
         ({"hour": 1.5}, "whole number"),
         ({"hour": True}, "whole number"),
         ({"month": 2, "day": 30}, "never comes"),

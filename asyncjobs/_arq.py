@@ -422,7 +422,7 @@ class Sentinels(Sentinel):
         for i, sentinel in enumerate(self.sentinels):
             try:
                 masters = await sentinel.sentinel_masters()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-            except REDIS_UNAVAILABLE as exc:
+            except (*REDIS_UNAVAILABLE, ResponseError) as exc:  # down, or no Sentinel
                 errors.append(exc)
                 continue
             state = masters.get(service_name)
@@ -459,6 +459,13 @@ class SentinelPool(SentinelConnectionPool):
 
 def _no_master(address: SentinelURL, errors: list[BaseException], known: bool) -> str:
     hosts, service = address.hosts(), address.service
+    if len(errors) == len(address.sentinels) and any(isinstance(e, ResponseError) for e in errors):
+        return (
+            f"the server at {hosts} answered but is not a Redis Sentinel (it refused SENTINEL "
+            "MASTERS); a redis+sentinel:// URL in ASYNCJOBS_REDIS_URL lists the Sentinels "
+            "(port 26379 by default), not Redis itself: for one Redis server use "
+            "redis://host:port/db"
+        )
     if len(errors) == len(address.sentinels):
         first = errors[0]
         return (
@@ -485,7 +492,7 @@ def probe_sentinels(address: SentinelURL, timeout: float) -> tuple[str, int]:
         client = BlockingRedis(host, port, socket_connect_timeout=timeout, socket_timeout=timeout)
         try:
             masters = client.sentinel_masters()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-        except REDIS_UNAVAILABLE as exc:
+        except (*REDIS_UNAVAILABLE, ResponseError) as exc:  # down, or no Sentinel
             errors.append(exc)
             continue
         finally:

@@ -202,6 +202,19 @@ def test_no_reachable_sentinel_is_one_line_naming_the_setting_from_the_cli_and_t
         assert "check the Sentinels' hosts and ports in ASYNCJOBS_REDIS_URL" in said, said
 
 
+async def test_a_plain_redis_in_a_sentinel_url_is_one_line_naming_the_setting(
+    redis_url: str,
+) -> None:
+    host_port = redis_url.split("://", 1)[1].rsplit("/", 1)[0]  # a Redis server, no Sentinel
+    url = f"redis+sentinel://{host_port}/{SERVICE}/0"
+    for said in _refused_by_cli_and_worker({"ASYNCJOBS_REDIS_URL": url}):
+        assert "answered but is not a Redis Sentinel" in said, said
+        assert "for one Redis server use redis://" in said, said
+    async with App(Settings(redis_url=url)) as app:
+        with pytest.raises(RedisUnavailableError, match="is not a Redis Sentinel"):
+            await app.enqueue(create_database, 1)
+
+
 async def test_an_unknown_service_is_one_line_naming_the_setting_and_the_fix(
     tmp_path: Path,
 ) -> None:

@@ -231,7 +231,10 @@ def _status_lines(now: Status) -> list[str]:
     lines.append("")
     dead, stopped = now.dead_letters, now.stopped_jobs
     if dead is None or stopped is None:
-        lines.append(f"dead letters, stopped jobs: unavailable ({now.database_error})")
+        lines.append(
+            "dead letters, stopped jobs, rules, pauses, throttles, outbox: unavailable "
+            f"({now.database_error})"
+        )
     else:
         lines.append(f"dead letters: {sum(dead.values())}")
         lines += [f"  {job:28} {count:>6}" for job, count in dead.items()]

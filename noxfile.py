@@ -51,9 +51,16 @@ _find_pythons()
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The whole test suite, against throwaway Redis and PostgreSQL it starts itself."""
+    """The whole test suite, against throwaway Redis and PostgreSQL it starts itself.
+
+    Two pytest-xdist processes by default (``ASYNCJOBS_TEST_PROCESSES``; 0 for one
+    process), each with servers of its own; a test file stays in one process. Most tests
+    wait on worker processes and servers, so two halve the time on two cores.
+    """
     session.install("-e", ".[dev,embedded]")
-    session.run("pytest", *session.posargs)
+    processes = os.environ.get("ASYNCJOBS_TEST_PROCESSES", "2")
+    parallel = ["-n", processes, "--dist", "loadfile"] if processes != "0" else []
+    session.run("pytest", *parallel, *session.posargs)
 
 
 @nox.session

@@ -581,7 +581,7 @@ def jobs_cancel(job_id: str, reason: str | None, actor: str | None, queue: str |
         sys.exit(1)
 
 
-@jobs.command("throttle")
+@jobs.command("throttle", context_settings={"ignore_unknown_options": True})
 @click.argument("job_name")
 @click.argument("rate", required=False)
 @click.option("--off", is_flag=True, help="Remove JOB's throttle instead.")

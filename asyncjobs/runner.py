@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 import time
@@ -277,7 +278,14 @@ class Worker:
         self._background.append(asyncio.create_task(self._check_database()))
         if self.max_jobs <= settings.database_pool_size:
             return
-        _log.warning(
+        # With both defaults (500 jobs, 10 connections: the README says so) it is said at
+        # info, not as a warning every new user sees at every start; chosen numbers warn.
+        fields = {f.name: f.default for f in dataclasses.fields(settings)}
+        defaults = (self.max_jobs, settings.database_pool_size) == (
+            fields["max_jobs"],
+            fields["database_pool_size"],
+        )
+        (_log.info if defaults else _log.warning)(
             logs.DATABASE_POOL_SMALL,
             max_jobs=self.max_jobs,
             database_pool_size=settings.database_pool_size,

@@ -46,3 +46,6 @@ async def test_a_worker_warns_at_start_when_more_jobs_run_than_the_pool_has_conn
         pass
     assert log_events(quiet.lines, "worker.started")  # it started, without the warning
     assert log_events(quiet.lines, "database.pool_small") == []
+    with WorkerProcess(worker_env, cwd=ROOT) as defaults:  # 500 jobs, 10 connections
+        (said,) = await wait_for_event(defaults, "database.pool_small")
+    assert (said["level"], said["max_jobs"], said["database_pool_size"]) == ("info", 500, 10)

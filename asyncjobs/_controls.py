@@ -54,9 +54,10 @@ from typing import Any
 import structlog
 
 from . import _logs as logs
+from . import _settings as settings
 from ._arq import IN_PROGRESS_PREFIX, RETRY_PREFIX, Redis, timestamp_ms
 from ._claim import Claimed
-from ._exceptions import ControlError
+from ._exceptions import ConfigurationError, ControlError
 
 THROTTLE_PREFIX = "asyncjobs:throttle:"
 """``asyncjobs:throttle:<job>``: the limiter's log of recent grants for that job class."""
@@ -125,6 +126,10 @@ def check_queue_name(queue: str) -> str:
             f"{queue!r} is not a queue name: 1 to 200 characters, no spaces or control "
             "characters (e.g. billing, or arq:queue)"
         )
+    try:  # a name enqueue refuses (one of arq's own keys) names no queue to pause either
+        settings.check_queue_name(queue, "the queue")
+    except ConfigurationError as exc:
+        raise ControlError(str(exc)) from None
     return queue
 
 

@@ -53,6 +53,9 @@ def test_a_queue_name_has_no_spaces_and_is_not_empty() -> None:
     for bad in ("", "bill ing", "x" * 201):
         with pytest.raises(ControlError, match="is not a queue name"):
             check_queue_name(bad)
+    for arqs_own in ("arq:job:x", "arq:in-progress:x", "arq:abort"):  # enqueue refuses them
+        with pytest.raises(ControlError, match="collide with arq's own keys"):
+            check_queue_name(arqs_own)
 
 
 def test_a_throttled_class_is_told_from_the_payloads_first_bytes_or_by_decoding() -> None:

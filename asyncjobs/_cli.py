@@ -1001,9 +1001,11 @@ def dev(
         if migrate:
             _with_app(lambda app: app.migrate(), environ=services.environ)
         exports = [f"export {key}={value}" for key, value in services.environ.items()]
-        if env_file:
-            with open(env_file, "w") as out:
+        if env_file:  # whole or not at all: another shell may source it at any moment
+            partial = f"{env_file}.partial"
+            with open(partial, "w") as out:
                 out.write("\n".join(exports) + "\n")
+            os.replace(partial, env_file)
         state = "running, asyncjobs' schema applied" if migrate else "running"
         click.echo(f"# Embedded Redis and PostgreSQL are {state}. In another shell:")
         for line in exports:

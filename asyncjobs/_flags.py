@@ -235,6 +235,7 @@ class FlagStore:
         self._unavailable = False
         self._no_rules_table = False
         self._counts: Counter[tuple[str, str]] = Counter()
+        self._flushing = asyncio.Lock()
         self._rule_counts: Counter[tuple[int, str]] = Counter()
         self._any_rules = False
         self._own: dict[str, builtins.list[Rule]] = {}
@@ -563,6 +564,12 @@ class FlagStore:
         )
 
     async def _flush_counts(self, conn: Any) -> None:
+        # One flush at a time: a caller that flushes before it reads the counters
+        # (list(), rules()) waits for a flush already writing, and so reads its counts.
+        async with self._flushing:
+            await self._write_counts(conn)
+
+    async def _write_counts(self, conn: Any) -> None:
         if self._counts:
             counts, self._counts = self._counts, Counter()
             try:

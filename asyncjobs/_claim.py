@@ -81,6 +81,9 @@ CLAIM_LUA = (
 -- try (arq's counter, incremented), aborted (1 if arq's abort set named it).
 local now, want, ttl, wid, scan = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
 local out, claimed = {{}}, 0
+-- arq's abort set is empty but while a job is being aborted: one look per call, rather
+-- than a ZREM per claimed job.
+local aborts = redis.call('EXISTS', ABORT) == 1
 for q = 2, #KEYS do
   local queue, offset = KEYS[q], 0
   while claimed < want and offset < scan do
@@ -93,7 +96,8 @@ for q = 2, #KEYS do
         redis.call('PSETEX', IN_PROGRESS .. id, ttl, wid)
         local try = redis.call('INCR', RETRY .. id)
         redis.call('EXPIRE', RETRY .. id, {RETRY_KEY_TTL_S})
-        local aborted = redis.call('ZREM', ABORT, id)
+        local aborted = 0
+        if aborts then aborted = redis.call('ZREM', ABORT, id) end
         redis.call('SADD', KEYS[1], id)
         out[#out + 1] = queue
         out[#out + 1] = id
@@ -130,6 +134,7 @@ FINISH_LUA = (
 -- The in-progress key is only touched while it is this worker's (not after a recovery
 -- handed the job to another worker).
 local wid = ARGV[1]
+local aborts = redis.call('EXISTS', ABORT) == 1  -- as in the claim: one look per call
 for i = 2, #ARGV, 6 do
   local op, id, queue, n1, n2, result = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
     ARGV[i + 4], ARGV[i + 5]
@@ -145,7 +150,7 @@ for i = 2, #ARGV, 6 do
     end
     redis.call('DEL', RETRY .. id, JOB .. id)
     redis.call('ZREM', queue, id)
-    redis.call('ZREM', ABORT, id)
+    if aborts then redis.call('ZREM', ABORT, id) end
     if mine then
       if tonumber(n2) > 0 then redis.call('PEXPIRE', ip, n2) else redis.call('DEL', ip) end
     end

@@ -3,8 +3,8 @@
 Off unless enabled, with ``App(tracing=True)`` or ``ASYNCJOBS_TRACING=true``; it needs the
 ``asyncjobs[otel]`` extra (opentelemetry-api), and asking for it without the extra is a
 :class:`ConfigurationError` naming it. Spans go to the global tracer provider
-(``opentelemetry.trace.set_tracer_provider``); without an SDK configured they are the
-API's no-ops and nothing is carried.
+(``opentelemetry.trace.set_tracer_provider``); without an SDK configured none is made
+(below).
 
 - **Producer.** :meth:`Tracing.client_middleware` is the innermost client middleware of
   the App (it sees the options outer middleware chose, and only enqueues that reach
@@ -21,6 +21,11 @@ API's no-ops and nothing is carried.
   trace from the web request that enqueued to the job's own spans. A payload without a
   context starts a fresh trace; one whose context cannot be read does too, with a
   ``trace.context_invalid`` warning, and the job runs as usual.
+
+Without an OpenTelemetry SDK (no tracer provider set, only the API installed) every span
+would be the API's no-op, so neither is made: the producer carries the context current
+at the call, if any (as the API's no-op span would), and the consumer makes the payload's
+context current around the job, read and checked as above; nothing is recorded.
 
 Both spans carry ``messaging.system`` = ``"asyncjobs"`` (the spans, the context key and
 the consumer are asyncjobs'; arq's own worker makes none), ``messaging.destination.name``
@@ -82,7 +87,7 @@ class Tracing:
 
     def __init__(self) -> None:
         try:
-            from opentelemetry import context, propagate, trace
+            from opentelemetry import baggage, context, propagate, trace
         except ImportError as exc:
             raise ConfigurationError(MISSING_EXTRA) from exc
         self.tracer = trace.get_tracer("asyncjobs", __version__)
@@ -101,7 +106,29 @@ class Tracing:
         self._w3c = False
         """Whether :attr:`_textmap`, the global propagator last seen, is OpenTelemetry's
         default (W3C trace context, and baggage): then :meth:`parent` reads a plain
-        ``traceparent`` itself, as that propagator would, without its general parsing."""
+        ``traceparent`` itself, and the producer writes one, as that propagator would,
+        without its general path."""
+        self._provider = trace.get_tracer_provider
+        self._no_sdk = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+        self._sdk = False
+        """Whether a tracer provider of an SDK was seen (it cannot be replaced once set)."""
+        self._baggage = baggage.get_all
+
+    def recording(self) -> bool:
+        """Whether spans can be recorded: a tracer provider other than the API's own
+        (an SDK's) is set. Without one every span is the API's no-op, so the producer and
+        the consumer skip making them and only carry the context along (see the module's
+        docstring). Checked on each call until a provider appears, since an application
+        may set its provider after the App was made."""
+        if self._sdk:
+            return True
+        if isinstance(self._provider(), self._no_sdk):
+            return False
+        self._sdk = True
+        # The tracer got before the provider was set is a proxy that looks the real one
+        # up on every call: take the real one.
+        self.tracer = self._provider().get_tracer("asyncjobs", __version__)
+        return True
 
     async def client_middleware(
         self, request: EnqueueRequest, call_next: Handler[EnqueueRequest]
@@ -110,7 +137,14 @@ class Tracing:
         in ``request.trace_context`` for the payload.
 
         The job id is chosen here when the call gave none (as the write would), so that
-        the span can name it."""
+        the span can name it. Without an SDK no span is made: the context current at the
+        call (one an instrumentation read from an incoming request, say) is carried as
+        the API's no-op span would carry it."""
+        if not self.recording():
+            carrier = self._carrier(None)
+            if carrier:
+                request.trace_context = carrier
+            return await call_next(request)
         options = request.options
         job_id = options.get("_job_id")
         if job_id is None:
@@ -129,9 +163,8 @@ class Tracing:
             },
         )
         current = self.in_context(span)
-        carrier: dict[str, str] = {}
-        self._propagate.inject(carrier, context=current)
-        if carrier:  # empty when the span is the API's no-op: nothing to carry
+        carrier = self._carrier(current)
+        if carrier:  # empty when the span's context is invalid: nothing to carry
             request.trace_context = carrier
         token = self.attach(current)
         try:
@@ -142,6 +175,33 @@ class Tracing:
         finally:
             self.detach(token)
             span.end()
+
+    def _carrier(self, context: Context | None) -> dict[str, str]:
+        """What the global propagator writes for ``context`` (None: the current one).
+
+        With OpenTelemetry's default propagator and nothing but a span context to write
+        (no trace state, no baggage), the ``traceparent`` is written here, exactly as
+        that propagator writes it, without its general path: one per enqueue."""
+        carrier: dict[str, str] = {}
+        if self._default_textmap():
+            span_context = self._span_of(context).get_span_context()
+            if not span_context.is_valid:
+                return carrier
+            if not span_context.trace_state and not self._baggage(context):
+                carrier["traceparent"] = (
+                    f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+                    f"{span_context.trace_flags:02x}"
+                )
+                return carrier
+        self._propagate.inject(carrier, context=context)
+        return carrier
+
+    def _default_textmap(self) -> bool:
+        """Whether the global propagator is OpenTelemetry's default (see :attr:`_w3c`)."""
+        textmap = self._propagate.get_global_textmap()
+        if textmap is not self._textmap:
+            self._textmap, self._w3c = textmap, _is_default_w3c(textmap)
+        return self._w3c
 
     def execution_layer(self, spec: JobSpec, app: Core) -> Middleware[ExecutionRequest]:
         """The outermost execution layer for ``spec``: a CONSUMER span ``process <job>``."""
@@ -185,10 +245,7 @@ class Tracing:
 
         The worker reads one context per job, and the propagator's general path (a
         composite of two, each parsing on its own) costs several times as much."""
-        textmap = self._propagate.get_global_textmap()
-        if textmap is not self._textmap:
-            self._textmap, self._w3c = textmap, _is_default_w3c(textmap)
-        if not self._w3c:
+        if not self._default_textmap():
             return None
         header = carrier.get("traceparent")
         if len(carrier) != 1 or not isinstance(header, str):
@@ -247,6 +304,14 @@ class _ProcessSpan:
             parent = tracing.fresh
         else:
             parent = tracing.parent(carrier, self.spec.name, job_id, job_try)
+        if not tracing.recording():  # no SDK: no span, the payload's context current
+            if carrier is None:
+                return await call_next(request)
+            passed = tracing.attach(parent)
+            try:
+                return await call_next(request)
+            finally:
+                tracing.detach(passed)
         span = tracing.tracer.start_span(
             self.name,
             context=parent,

@@ -228,6 +228,71 @@ asyncio.run(main())
         assert "ASYNCJOBS_TRACING" in error
 
 
+async def test_without_an_sdk_the_current_context_is_carried_to_the_job_and_nothing_made(
+    redis_url: str, database_url: str
+) -> None:
+    # A process with only the API (no tracer provider can be unset once set: a process
+    # of its own). An instrumentation has made a remote context current (an incoming
+    # request's); the enqueue carries it as it is, the job runs with it current, and a
+    # job enqueued outside any context carries none.
+    script = """
+import asyncio, json, sys
+from opentelemetry import context, trace
+import asyncjobs
+from asyncjobs.runner import Worker
+
+seen = []
+
+@asyncjobs.job
+async def passed(ctx, n):
+    span = trace.get_current_span()
+    seen.append([n, format(span.get_span_context().span_id, "016x"), span.is_recording()])
+
+async def main():
+    settings = asyncjobs.Settings(redis_url=sys.argv[1], database_url=sys.argv[2])
+    incoming = trace.NonRecordingSpan(trace.SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
+        trace_flags=trace.TraceFlags(1)))
+    out = {"provider": type(trace.get_tracer_provider()).__name__}
+    async with asyncjobs.App(settings, tracing=True) as app:
+        await app.migrate()
+        redis = await app.redis()
+        token = context.attach(trace.set_span_in_context(incoming))
+        try:
+            inside = await app.enqueue(passed, 1)
+        finally:
+            context.detach(token)
+        outside = await app.enqueue(passed, 2)
+        for job in (inside, outside):
+            out.setdefault("payloads", []).append(
+                json.loads(await redis.get("arq:job:" + job.job_id)).get("trace"))
+        worker = Worker(app, burst=True, handle_signals=False)
+        await asyncio.wait_for(worker.run(), 30)
+    out["seen"] = sorted(seen)
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", script, redis_url, database_url],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "ASYNCJOBS_LOG_LEVEL": "error"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["provider"] == "ProxyTracerProvider"  # the API's default: no SDK
+    assert out["payloads"] == [
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        None,
+    ]
+    assert out["seen"] == [[1, "b7ad6b7169203331", False], [2, "0000000000000000", False]]
+
+
 # -- one trace across the queue ----------------------------------------------------
 
 

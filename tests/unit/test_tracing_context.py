@@ -130,3 +130,45 @@ def test_a_propagator_the_application_set_is_the_one_that_reads() -> None:
     assert tracing._w3c_parent(carrier) is None
     read, _ = _read(tracing, {"x-trace": "abc:def"})
     assert (read.trace_id, read.span_id) == (0xABC, 0xDEF)
+
+
+def _written_by_propagator(context: Context) -> dict[str, str]:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    return carrier
+
+
+@pytest.mark.parametrize("flags", [0, 1])
+@pytest.mark.parametrize("state", ["", "vendor=value"])
+@pytest.mark.parametrize("bag", [None, "42"])
+def test_the_producer_writes_what_the_propagator_writes(
+    flags: int, state: str, bag: str | None
+) -> None:
+    span = trace.NonRecordingSpan(
+        trace.SpanContext(
+            int(TRACE_ID, 16),
+            int(SPAN_ID, 16),
+            is_remote=False,
+            trace_flags=trace.TraceFlags(flags),
+            trace_state=trace.TraceState.from_header([state]) if state else None,
+        )
+    )
+    context = trace.set_span_in_context(span, Context())
+    if bag is not None:
+        context = baggage.set_baggage("customer", bag, context)
+    written = Tracing()._carrier(context)
+    assert written == _written_by_propagator(context)
+    assert written["traceparent"] == f"00-{TRACE_ID}-{SPAN_ID}-{flags:02x}"
+    assert ("tracestate" in written) == bool(state)
+    assert ("baggage" in written) == (bag is not None)
+
+
+def test_the_producer_writes_nothing_for_no_valid_context() -> None:
+    assert Tracing()._carrier(Context()) == {}
+    assert _written_by_propagator(Context()) == {}
+
+
+@pytest.mark.usefixtures("own_propagator")
+def test_a_propagator_the_application_set_is_the_one_that_writes() -> None:
+    span = trace.NonRecordingSpan(trace.SpanContext(1, 2, is_remote=False))
+    assert Tracing()._carrier(trace.set_span_in_context(span, Context())) == {}

@@ -17,7 +17,9 @@ against the real thing:
   packed here in Redis's wire format (:func:`bulk_string`, :class:`RawCommand`);
 - redis-py's Sentinel client, for ``redis+sentinel://`` URLs: every client above
   is built on a pool that asks the Sentinels for the master at each new
-  connection (:class:`SentinelMasterConnection`, :func:`producer_pool`).
+  connection (:class:`SentinelMasterConnection`, :func:`producer_pool`);
+- redis-py's synchronous client, for the worker's keepalive thread
+  (:func:`blocking_client`), which must not need the event loop.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry as BlockingRetry
+from redis.sentinel import Sentinel as BlockingSentinel
+from redis.sentinel import SentinelConnectionPool as BlockingSentinelPool
 
 from . import _logs as logs
 from ._exceptions import ConfigurationError
@@ -90,6 +95,7 @@ __all__ = [
     "Retry",
     "WorkerCoroutine",
     "arq_cron",
+    "blocking_client",
     "bulk_string",
     "func",
     "ms_to_datetime",
@@ -336,6 +342,49 @@ def once_client(settings: RedisConfig) -> Redis:
     default): for calls that must not run twice, such as a claim."""
     timeout = max(1.0, settings.redis_timeout)
     return Redis(connection_pool=producer_pool(settings.require_redis_url(), timeout))
+
+
+def blocking_client(settings: RedisConfig) -> BlockingRedis:
+    """A synchronous client for ``settings.redis_url``, used from a thread of its own.
+
+    Its sockets give up after ``ASYNCJOBS_REDIS_TIMEOUT`` seconds (1 at least), so a
+    call never hangs; a command that meets a dropped connection is sent once more on
+    a new one (only idempotent commands go through it). For a Sentinel URL it is
+    redis-py's own Sentinel client for the master: each new connection asks the
+    Sentinels where the master is, so after a failover it follows the new one.
+    """
+    url = settings.require_redis_url()
+    timeout = max(1.0, settings.redis_timeout)
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": BlockingRetry(NoBackoff(), 1),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError, OSError],
+    }
+    sentinel = parse_sentinel_url(url)
+    if sentinel is None:
+        return BlockingRedis.from_url(url, **options)
+    bound = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    sentinels = BlockingSentinel(list(sentinel.sentinels), sentinel_kwargs=bound)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    return sentinels.master_for(  # type: ignore[no-any-return, no-untyped-call]  # redis-py leaves it untyped
+        sentinel.service,
+        connection_pool_class=_ClosingSentinelPool,
+        db=sentinel.db,
+        username=sentinel.username,
+        password=sentinel.password,
+        **options,
+    )
+
+
+class _ClosingSentinelPool(BlockingSentinelPool):
+    """redis-py's synchronous Sentinel pool, whose closing also closes the Sentinels'
+    connections (as :class:`SentinelPool` does for the asynchronous one)."""
+
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        super().disconnect(inuse_connections)
+        if inuse_connections:  # closing (a new master disconnects the idle ones only)
+            for sentinel in self.sentinel_manager.sentinels:
+                sentinel.connection_pool.disconnect()
 
 
 async def worker_redis(settings: RedisConfig, retry: ReconnectingRetry) -> ArqRedis:

@@ -16,12 +16,23 @@ however many workers are alive, each dead one is recovered once. With the
 default heartbeat a killed worker's jobs run again elsewhere within about
 8 seconds, rather than when arq's in-progress keys expire (job timeout + 10 s).
 
-The beat runs on the worker's event loop: a job that blocks the loop for
-longer than three heartbeats (CPU-bound code in an ``async def``) makes its
-worker look dead, and its jobs are handed to another worker while it still
-runs them. The worker notices at its next beat and logs
-``worker.presumed_dead``. Keep blocking work off the loop
-(``asyncio.to_thread``), or raise ``ASYNCJOBS_HEARTBEAT``.
+The beat runs on the worker's event loop, which a job can block (CPU-bound code
+or ``time.sleep`` in an ``async def``), and a busy machine can starve. So that a
+blocked loop is not taken for dead, a :class:`Keepalive` thread of the same
+process, on a synchronous connection of its own, renews the registration's TTL
+(``PEXPIRE``, nothing else) every heartbeat too: while the process lives, its
+registration does, and its jobs are not started again elsewhere. The beat on the
+loop still writes the registration's fields (running jobs, last heartbeat) and
+does the recovery. ``PEXPIRE`` on a missing key does nothing, so the thread never
+brings back a registration that expired or was removed; and SIGKILL or the OOM
+killer ends the thread with the process, so a killed worker's jobs are still
+recovered within three heartbeats. The trade-off: a loop blocked for good (a job
+that never yields) keeps its jobs held until their in-progress keys expire (the
+job's timeout + 11 s, as arq), not three heartbeats; its ``/healthz`` turns 503
+once the loop has not ticked for three heartbeats, so an orchestrator restarts
+it. The thread needs the GIL: code that holds it for seconds (some C extensions)
+still stops the renewal, as does a whole machine starved for three heartbeats;
+then the worker logs ``worker.presumed_dead`` at its next beat.
 
 :func:`registered_workers` reads the registrations, for ``status``, metrics
 and the dashboard.
@@ -29,19 +40,26 @@ and the dashboard.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import structlog
+
+from . import _logs as logs
 from ._claim import WORKER_JOBS_PREFIX, WORKER_PREFIX, WORKERS_KEY
 
 MISSED_BEATS = 3
 """A registration expires after this many heartbeats without renewal."""
+
+_log = structlog.get_logger("asyncjobs.worker")
 
 
 def new_worker_id() -> str:
@@ -158,3 +176,68 @@ async def registered_workers(redis: Any) -> list[WorkerInfo]:
             )
         )
     return sorted(found, key=lambda w: (w.started, w.id))
+
+
+class BlockingClient(Protocol):
+    """What the keepalive needs of a synchronous Redis client (redis-py's ``Redis``)."""
+
+    def pexpire(self, name: str, time: int) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class Keepalive:
+    """A daemon thread that renews a worker's registration TTL while the process lives.
+
+    Every ``interval`` seconds it sends ``PEXPIRE asyncjobs:worker:<id> ttl_ms`` on
+    ``client``, which it owns and closes when it ends. It renews only: on a missing
+    key (expired and recovered, or deregistered) ``PEXPIRE`` does nothing. A failure
+    (Redis unreachable) is logged once per outage, as ``worker.heartbeat_failed``
+    with ``keepalive=True``, and the thread carries on; nothing it meets ends it
+    before :meth:`stop`.
+    """
+
+    def __init__(self, client: BlockingClient, worker_id: str, interval: float, ttl_ms: int):
+        self._client = client
+        self._worker_id = worker_id
+        self._key = worker_key(worker_id)
+        self._interval = interval
+        self._ttl_ms = ttl_ms
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="asyncjobs.keepalive", daemon=True)
+
+    def start(self) -> None:
+        """Start renewing (after the worker's first beat wrote the registration)."""
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Stop renewing; wait up to ``timeout`` seconds for a renewal under way.
+
+        Called before the worker deregisters. A renewal still under way after
+        ``timeout`` (Redis slow to answer) is harmless: it lands before the removal,
+        or finds no key.
+        """
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        failing = False
+        try:
+            while not self._stopped.wait(self._interval):
+                try:
+                    self._client.pexpire(self._key, self._ttl_ms)
+                except Exception as exc:
+                    if not failing:
+                        _log.warning(
+                            logs.WORKER_HEARTBEAT_FAILED,
+                            worker_id=self._worker_id,
+                            keepalive=True,
+                            error=repr(exc),
+                        )
+                    failing = True
+                else:
+                    failing = False
+        finally:
+            with contextlib.suppress(Exception):  # closing its sockets: nothing to report
+                self._client.close()

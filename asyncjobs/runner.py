@@ -16,10 +16,11 @@ The loop: claim up to the free slots' worth of ready jobs in one Lua call,
 start each as a task, collect outcomes and write them back in one Lua call
 per batch; when the queues are empty, block on the wake-up lists (polling
 every ``ASYNCJOBS_POLL_DELAY`` at most). A heartbeat task renews the
-worker's registration and hands dead workers' jobs back
-(:mod:`asyncjobs._liveness`); a cron task enqueues the runs of the reconcilers and
-of the scheduled jobs (:mod:`asyncjobs._schedule`); with PostgreSQL configured, a
-relay moves committed transactional enqueues to Redis (:mod:`asyncjobs._outbox`).
+worker's registration and hands dead workers' jobs back, and a keepalive thread
+renews its expiry while the loop is blocked (:mod:`asyncjobs._liveness`); a cron
+task enqueues the runs of the reconcilers and of the scheduled jobs
+(:mod:`asyncjobs._schedule`); with PostgreSQL configured, a relay moves committed
+transactional enqueues to Redis (:mod:`asyncjobs._outbox`).
 
 Stopping: SIGTERM or SIGINT stops claiming, lets running jobs finish for up
 to ``ASYNCJOBS_SHUTDOWN_GRACE`` seconds, then cancels the rest and hands them
@@ -67,6 +68,7 @@ from ._arq import (
     ReconnectingRetry,
     Redis,
     Retry,
+    blocking_client,
     ms_to_datetime,
     once_client,
     timestamp_ms,
@@ -90,6 +92,7 @@ from ._enqueue import Prepared, serialize_job, write_prepared
 from ._exceptions import ConfigurationError
 from ._liveness import (
     MISSED_BEATS,
+    Keepalive,
     beat,
     deregister,
     new_worker_id,
@@ -202,6 +205,7 @@ class Worker:
         self._flushing: set[str] = set()  # ids of the outcomes being written now
         self._scripts: dict[str, AsyncScript] = {}
         self._background: list[asyncio.Task[Any]] = []
+        self._keepalive: Keepalive | None = None
         self._metrics = metrics
         # /healthz's window: when other workers would take this one for dead.
         window = max(self.heartbeat, self.poll_delay) * MISSED_BEATS
@@ -237,6 +241,7 @@ class Worker:
             if self._metrics is not None:
                 self._metrics.attach(self.health)
             await self._beat(first=True)
+            self._start_keepalive()
             # Once, bounded by ASYNCJOBS_FLAG_TIMEOUT: a worker started during an incident
             # must not run a paused queue's jobs before it has read the pauses.
             await self.app.flags.controls()
@@ -375,6 +380,7 @@ class Worker:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self._stop_keepalive()
         try:
             async with asyncio.timeout(bound):
                 await self._count_finished()
@@ -823,6 +829,21 @@ class Worker:
             except Exception as exc:
                 _log.warning(logs.WORKER_HEARTBEAT_FAILED, worker_id=self.id, error=repr(exc))
 
+    def _start_keepalive(self) -> None:
+        """Renew the registration's TTL from a thread too, so that a job blocking the event
+        loop does not make this worker look dead (:class:`~asyncjobs._liveness.Keepalive`)."""
+        ttl_ms = round(self.heartbeat * MISSED_BEATS * 1000)
+        client = blocking_client(self.app.settings)
+        self._keepalive = Keepalive(client, self.id, self.heartbeat, ttl_ms)
+        self._keepalive.start()
+
+    async def _stop_keepalive(self) -> None:
+        """Stop the keepalive before deregistering (off the loop: a renewal under way may
+        take up to ``ASYNCJOBS_REDIS_TIMEOUT`` to give up; waited for a second at most)."""
+        if self._keepalive is not None:
+            await asyncio.to_thread(self._keepalive.stop, 1.0)
+            self._keepalive = None
+
     async def _beat(self, *, first: bool = False) -> None:
         fields = registration(
             self.id, self.queues, self._started, list(self._running), self.max_jobs, self._since
@@ -834,8 +855,9 @@ class Worker:
                 logs.WORKER_PRESUMED_DEAD,
                 worker_id=self.id,
                 running=len(self._running),
-                hint="the event loop was blocked for longer than 3 heartbeats, or Redis lost "
-                "the registration; other workers may have started this worker's jobs again",
+                hint="the process got no CPU (or its keepalive thread no GIL) for longer than 3 "
+                "heartbeats, or Redis lost the registration; other workers may have started "
+                "this worker's jobs again",
             )
         info = f"{datetime.now():%b-%d %H:%M:%S} j_complete={self.jobs_complete} " + (
             f"j_failed={self.jobs_failed} j_retried={self.jobs_retried} "

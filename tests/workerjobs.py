@@ -7,6 +7,7 @@ the worker's own connection, so a test can see that it ran and with what.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import asyncjobs
@@ -43,3 +44,11 @@ async def always_fails(ctx: dict[str, Any], n: int) -> None:
 async def count_run(ctx: dict[str, Any], n: int) -> None:
     """Counts how often each n ran, in the hash ``counts``."""
     await ctx["redis"].hincrby("counts", str(n), 1)
+
+
+@asyncjobs.job
+async def blocks_the_loop(ctx: dict[str, Any], seconds: float) -> None:
+    """Counts its starts in the key ``blocking-starts``, then blocks its worker's event
+    loop for ``seconds`` (``time.sleep`` in an ``async def``: the mistake it stands for)."""
+    await ctx["redis"].incr("blocking-starts")
+    time.sleep(seconds)  # noqa: ASYNC251 -- blocking the loop is what this job is for

@@ -10,7 +10,8 @@ loop is blocked, and says so:
   has neither claimed nor polled for longer (unless every slot is busy, when
   waiting is its job), or the worker is stopping or has not started. The window
   is three heartbeats or three poll delays, whichever is longer (6 s by default):
-  when other workers would take this one for dead.
+  the registration's lifetime, which the keepalive thread renews for a blocked
+  loop, so this endpoint is what reports one.
 - ``/readyz``: 200 ``ready`` once Redis and, if ``ASYNCJOBS_DATABASE_URL`` is set,
   PostgreSQL answered (checked from the worker's loop, every second until both
   did; it stays 200 afterwards: Redis outages are ridden out, not a reason to

@@ -207,7 +207,7 @@ class Worker:
         self._background: list[asyncio.Task[Any]] = []
         self._keepalive: Keepalive | None = None
         self._metrics = metrics
-        # /healthz's window: when other workers would take this one for dead.
+        # /healthz's window: the registration's lifetime (three heartbeats).
         window = max(self.heartbeat, self.poll_delay) * MISSED_BEATS
         self.health = Health(window, self._stop.is_set, lambda: self._retry.outage_since)
 

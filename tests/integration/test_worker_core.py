@@ -8,6 +8,7 @@ letters, one JSON log stream, and the wake-up on enqueue.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
 import time
@@ -344,3 +345,15 @@ async def test_jobs_held_without_an_outcome_are_handed_back_when_the_worker_stop
 
 async def _exists(redis: aioredis.Redis, key: str) -> bool:
     return bool(await redis.exists(key))
+
+
+async def test_a_started_worker_has_frozen_its_startup_objects_out_of_the_collectors_sight(
+    app: App,
+) -> None:
+    # Once per process: whichever worker of this test process started first froze them.
+    from asyncjobs.runner import Worker
+
+    await app.migrate()
+    worker = Worker(app, burst=True, handle_signals=False, poll_delay=0.01)
+    await asyncio.wait_for(worker.run(), 30)
+    assert gc.get_freeze_count() > 0

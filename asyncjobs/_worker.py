@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import importlib
 import socket
 from collections.abc import Awaitable, Callable
@@ -165,6 +166,7 @@ def _bridge(cls: type) -> Callable[[dict[str, Any]], Awaitable[None]]:
             # arq's Sentinel client (ctx["redis"]) has no retry: the loop and the jobs get
             # one that rides out a failover. arq closes its own when the worker ends.
             redis = ctx["redis"] = await worker_redis(app.settings, ready.retry)
+        freeze_startup_objects()
         worker = Worker(
             app,
             redis=redis,
@@ -244,3 +246,26 @@ class WorkerSettings:
 
 
 WorkerSettings.on_startup = staticmethod(_bridge(WorkerSettings))
+
+
+def freeze_startup_objects() -> None:
+    """Collect once, then move every object alive now (modules, functions, the App, the
+    job registry: what lives as long as the process) out of the cyclic garbage
+    collector's sight (:func:`gc.freeze`).
+
+    What was chosen: the collector otherwise walks all of them again at each of its full
+    collections while jobs run, and those grow with what jobs allocate (a traced job's
+    spans, say). Measured on the 2-core development machine, a drain of 20,000 no-op jobs
+    with every span recorded took 16 % less time (medians of 5), and the same without
+    tracing no more. Objects that die later are still freed by their reference counts;
+    only cycles among them are never collected, and they were alive at start. Nothing is
+    done when something is frozen already (the application's own ``gc.freeze()``).
+
+    Only a worker process does this (``arq asyncjobs.WorkerSettings``, just before its
+    loop starts), not an in-process ``Worker(app).run()``: in a test process, frozen
+    objects are invisible to ``gc.get_referrers``, which some libraries' checks rely on
+    (Hypothesis's ``register_random`` then warns about modules imported later).
+    """
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()

@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import json
 import signal
 import time
@@ -271,7 +270,6 @@ class Worker:
                 shutdown_grace_s=self.shutdown_grace,
             )
             self._warn_about_pools()
-            _freeze_startup_objects()
             await self._claim_loop()
         finally:
             await self._shut_down()
@@ -977,23 +975,3 @@ async def _wait_all_or(
         everything.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await everything
-
-
-def _freeze_startup_objects() -> None:
-    """Collect once, then move every object alive now (modules, functions, the App, the
-    job registry: what lives as long as the process) out of the cyclic garbage
-    collector's sight (:func:`gc.freeze`).
-
-    What was chosen: the collector otherwise walks all of them again at each of its full
-    collections while jobs run, and those grow with what jobs allocate (a traced job's
-    spans, say). Measured on the 2-core development machine, a drain of 20,000 no-op jobs
-    with every span recorded took 16 % less time (medians of 5), and the same without
-    tracing no more. Objects that die later are still freed by their reference counts;
-    only cycles among them are never collected, and they were alive at start. Once per
-    process: when something is frozen already (an earlier worker in this process, or the
-    application's own ``gc.freeze()``), nothing is done, since a full collection costs a
-    test process with many in-process workers more than it saves.
-    """
-    if gc.get_freeze_count() == 0:
-        gc.collect()
-        gc.freeze()

@@ -115,7 +115,7 @@ def main() -> None:
             os.environ["ASYNCJOBS_METRICS_PORT"] = str(free_port())
         import asyncjobs
         from asyncjobs._metrics_server import open_server
-        from asyncjobs._worker import import_job_modules
+        from asyncjobs._worker import freeze_startup_objects, import_job_modules
         from asyncjobs.runner import Worker as OwnWorker
 
         import_job_modules(("benchmarks.benchjobs",))
@@ -123,6 +123,7 @@ def main() -> None:
         # As a worker's start-up does before its loop: import prometheus-client, bind the port.
         metrics = open_server(app) if kind == "asyncjobs-metrics" else None
         own = OwnWorker(app, burst=True, handle_signals=False, metrics=metrics)
+        freeze_startup_objects()  # as `arq asyncjobs.WorkerSettings` does before its loop
         if kind == "asyncjobs-throttled":
             asyncio.run(_throttle(THROTTLE_RATE))
         try:

@@ -126,11 +126,12 @@ def drain(redis_url: str, database_url: str, count: int, side: str) -> dict[str,
     if side in ("sdk", "sampled"):
         _sdk(sampled=side == "sampled")
     import asyncjobs
-    from asyncjobs._worker import import_job_modules
+    from asyncjobs._worker import freeze_startup_objects, import_job_modules
     from asyncjobs.runner import Worker
 
     import_job_modules(("benchmarks.benchjobs",))
     worker = Worker(asyncjobs.get_app(), burst=True, handle_signals=False)
+    freeze_startup_objects()  # as `arq asyncjobs.WorkerSettings` does before its loop
     start = time.perf_counter()
     asyncio.run(worker.run())
     return {"seconds": time.perf_counter() - start, "jobs": worker.jobs_complete}

@@ -75,3 +75,11 @@ async def cancellable(ctx: dict[str, Any], n: int) -> None:
         await asyncio.Event().wait()  # never set
     finally:
         await ctx["redis"].rpush("cancellable-stopped", n)
+
+
+@asyncjobs.job
+async def report_frozen(ctx: dict[str, Any]) -> None:
+    """Records how many objects its process froze out of the collector's sight."""
+    import gc
+
+    await ctx["redis"].rpush("frozen", gc.get_freeze_count())

@@ -33,6 +33,7 @@ from tests.corejobs import (
     echo,
     fails_twice,
     guarded_effect,
+    report_frozen,
     slow_first_time,
     stamp,
 )
@@ -347,13 +348,20 @@ async def _exists(redis: aioredis.Redis, key: str) -> bool:
     return bool(await redis.exists(key))
 
 
-async def test_a_started_worker_has_frozen_its_startup_objects_out_of_the_collectors_sight(
-    app: App,
+async def test_a_worker_process_freezes_its_startup_objects_and_an_in_process_one_does_not(
+    core_env: dict[str, str], app: App, redis: aioredis.Redis
 ) -> None:
-    # Once per process: whichever worker of this test process started first froze them.
     from asyncjobs.runner import Worker
 
+    before = gc.get_freeze_count()
     await app.migrate()
+    await app.enqueue(report_frozen)
     worker = Worker(app, burst=True, handle_signals=False, poll_delay=0.01)
     await asyncio.wait_for(worker.run(), 30)
-    assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == before  # a test process's objects are left alone
+    await redis.delete("frozen")
+    with WorkerProcess(core_env, cwd=ROOT):
+        await app.enqueue(report_frozen)
+        await until(lambda: _llen(redis, "frozen", 1), "report_frozen ran in the process")
+    frozen = await redis.lrange("frozen", 0, -1)
+    assert int(frozen[0]) > 1000  # modules, functions, the App: thousands of objects

@@ -76,18 +76,34 @@ CLAIM_LUA = (
     + f"""
 -- KEYS[1]: this worker's set of running job ids; KEYS[2..]: the queues to read, in order.
 -- ARGV: now (ms), how many to claim, in-progress TTL (ms), worker id, how many queue
--- entries to look at per queue at most (running jobs stay in their queue, as in arq).
+-- entries to look at per queue before asking how many jobs the fleet holds (running
+-- jobs stay in their queue, as in arq, so a claim steps over them).
 -- Reply, per claimed job: queue, id, score, payload (false if the job key is gone),
 -- try (arq's counter, incremented), aborted (1 if arq's abort set named it).
 local now, want, ttl, wid, scan = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
-local out, claimed = {{}}, 0
+local out, claimed, held = {{}}, 0, nil
 -- arq's abort set is empty but while a job is being aborted: one look per call, rather
 -- than a ZREM per claimed job.
 local aborts = redis.call('EXISTS', ABORT) == 1
 for q = 2, #KEYS do
-  local queue, offset = KEYS[q], 0
-  while claimed < want and offset < scan do
-    local page = math.min(scan - offset, (want - claimed) * 2 + 100)
+  local queue, offset, limit = KEYS[q], 0, scan
+  while claimed < want do
+    if offset >= limit then
+      -- As many entries as `scan` looked at, and more wanted: they may all be running
+      -- jobs. Reach past every job the registered workers hold (their running sets),
+      -- however many, so that a fleet holding more than `scan` jobs of one queue still
+      -- finds the ready ones behind them. Counted once per call, only when needed.
+      if held == nil then
+        held = 0
+        for _, w in ipairs(redis.call('SMEMBERS', {WORKERS_KEY!r})) do
+          held = held + redis.call('SCARD', {WORKER_JOBS_PREFIX!r} .. w)
+        end
+      end
+      local reach = held + (want - claimed) * 2 + 100
+      if reach <= limit then break end
+      limit = reach
+    end
+    local page = math.min(limit - offset, (want - claimed) * 2 + 100)
     local ids = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', offset, page)
     for i = 1, #ids, 2 do
       local id = ids[i]

@@ -123,7 +123,10 @@ CLAIM_MAX = 1000
 CLAIM_TIMEOUT_S = 10.0
 """A claim unanswered this long is taken for lost (its jobs are handed back)."""
 SCAN_MAX = 10_000
-"""The most queue entries one claim looks at per queue (running jobs stay in the queue)."""
+"""The queue entries one claim looks at per queue before it counts the jobs the fleet holds
+(running jobs stay in the queue, so a claim steps over them): past it, a claim that still
+wants jobs reaches past as many entries as the registered workers hold, so more than this
+many running jobs of one queue slow a claim but never stall it."""
 ABORT_CHECK_S = 0.25
 """How often a worker looks in arq's abort set for running jobs to cancel."""
 DEAD_LETTER_LATER_S = 60.0

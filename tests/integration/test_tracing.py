@@ -145,6 +145,24 @@ def span_id(span: ReadableSpan | SpanContext | None) -> int | None:
     return None if context is None else context.span_id
 
 
+async def run_script(script: str, redis_url: str, database_url: str) -> dict[str, Any]:
+    """Run ``script`` (given the two URLs as arguments) in a Python process of its own;
+    the JSON object on its last line of output."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", script, redis_url, database_url],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "ASYNCJOBS_LOG_LEVEL": "error"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
 # -- on, off, and the one error ----------------------------------------------------
 
 
@@ -207,18 +225,7 @@ async def main():
 
 asyncio.run(main())
 """
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", script, redis_url, database_url],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "ASYNCJOBS_LOG_LEVEL": "error"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = await run_script(script, redis_url, database_url)
     assert out["enqueued"] is True
     assert out["ran"] == 1
     assert out["imported"] == []
@@ -273,18 +280,7 @@ async def main():
 
 asyncio.run(main())
 """
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", script, redis_url, database_url],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "ASYNCJOBS_LOG_LEVEL": "error"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = await run_script(script, redis_url, database_url)
     assert out["provider"] == "ProxyTracerProvider"  # the API's default: no SDK
     assert out["payloads"] == [
         {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},

@@ -165,6 +165,9 @@ class Worker:
         self.app = app
         self.queues = tuple(queues) if queues else default_queues(app)
         self.max_jobs = max_jobs if max_jobs is not None else settings.max_jobs
+        self._claim_batch = max(1, self.max_jobs // 2)
+        """The most one claim takes: half the slots, so that the next claim can be in flight
+        while a batch runs (see :meth:`_claim_loop`)."""
         self.poll_delay = poll_delay if poll_delay is not None else settings.poll_delay
         self.heartbeat = heartbeat if heartbeat is not None else settings.heartbeat
         self.shutdown_grace = (
@@ -424,7 +427,7 @@ class Worker:
                 await self._slot_free.wait()
                 self.health.full = False
                 continue
-            want = min(free, CLAIM_MAX)
+            want = min(free, CLAIM_MAX, self._claim_batch)
             controls = self.app.flags.controls_now()
             queues = self._claimable(controls)
             if not queues:  # every queue is paused: wait for a resume (or a stop)
@@ -465,7 +468,9 @@ class Worker:
                 self._since[job.job_id] = time.time()
                 task.add_done_callback(self._job_done)
             if claimed == want:
-                await asyncio.sleep(0)  # let what was claimed start before claiming more
+                # Claim again before these start: the next claim is in flight, and Redis
+                # runs it, while this batch runs here (half the slots at a time, so a
+                # claim finds free ones), rather than the two taking turns.
                 continue
             if self.burst and await self._burst_done(queues):
                 return

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ._exceptions import AsyncJobsError
+from ._exceptions import AsyncJobsError, ControlError
 from ._naming import job_of_flag
 from ._settings import environment_help
 
@@ -576,9 +576,10 @@ def jobs_cancel(job_id: str, reason: str | None, actor: str | None, queue: str |
     """Cancel JOB_ID: a queued or deferred job is removed; a running one is stopped where it
     runs (not retried, not dead-lettered). Exits 1 if no such job is queued or running."""
     result = _with_app(lambda app: app.cancel(job_id, reason=reason, actor=actor, queue=queue))
-    click.echo(str(result))
-    if result.outcome in ("not_found", "finished"):
+    if result.outcome in ("not_found", "finished"):  # nothing to cancel: an error line
+        click.echo(f"Error: {result}", err=True)
         sys.exit(1)
+    click.echo(str(result))
 
 
 @jobs.command("throttle", context_settings={"ignore_unknown_options": True})
@@ -596,6 +597,13 @@ def jobs_throttle(
         raise click.UsageError(
             "give a RATE such as 10/s, or --off to remove the throttle (not both)"
         )
+    from ._controls import parse_rate
+
+    if rate is not None:
+        try:  # a malformed RATE is a wrong command line (status 2), said before connecting
+            parse_rate(rate)
+        except ControlError as exc:
+            raise click.UsageError(str(exc)) from exc
 
     async def go(app: App) -> Any:
         if rate is None:
@@ -828,9 +836,11 @@ def dead_list(job: str | None, limit: int, as_json: bool) -> None:
         return
     click.echo(f"{'id':>6}  {'job':28} {'tries':>5}  {'last failed (UTC)':19}  error")
     for d in letters:
+        # One row each: an error's message may span lines (`dead show ID` has it whole).
+        error = " ".join(d.error.split())
         click.echo(
             f"{d.id:>6}  {d.job_name:28} {d.tries:>5}  {d.last_failed_at:%Y-%m-%d %H:%M:%S}  "
-            f"{d.error[:80]}"
+            f"{error[:80]}"
         )
 
 
@@ -989,10 +999,15 @@ def dev(
     Runs until Ctrl-C, then stops both servers and deletes their data (and the env file).
     With --port-redis/--port-postgres the variables are the same every run.
     """
-    from ._services import EmbeddedServices, wait_forever
+    from ._services import EmbeddedServices, PortInUse, wait_forever
 
     try:
         services = EmbeddedServices(redis_port=port_redis, postgres_port=port_postgres).start()
+    except PortInUse as exc:
+        option = "--port-redis" if exc.server == "Redis" else "--port-postgres"
+        raise click.ClickException(
+            f"{exc}: choose another with {option}, or leave {option} out for a free one"
+        ) from exc
     except AsyncJobsError as exc:
         raise click.ClickException(str(exc)) from exc
     except RuntimeError as exc:  # a server did not start, e.g. its port is taken
@@ -1102,6 +1117,10 @@ def main() -> None:
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+            # A group given no command (`asyncjobs jobs`): its help, which lists them.
+            click.echo(exc.ctx.get_help())
+            sys.exit(exc.exit_code)
         click.echo(f"Error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

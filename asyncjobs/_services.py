@@ -39,6 +39,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class PortInUse(RuntimeError):
+    """A server's chosen port is taken: another program listens on it."""
+
+    def __init__(self, server: str, port: int) -> None:
+        super().__init__(f"{server}'s port {port} is in use by another program")
+        self.server, self.port = server, port
+
+
+def _port_taken(port: int) -> bool:
+    """Whether something listens on ``port`` of 127.0.0.1 (or of every address): a bind
+    there fails. SO_REUSEADDR, as the servers set it, so a closed connection's TIME_WAIT
+    does not count."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 def _package_dir(name: str) -> Path | None:
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
@@ -294,6 +315,12 @@ class EmbeddedServices:
         return env
 
     def start(self) -> EmbeddedServices:
+        """Start the servers; :class:`PortInUse` when a chosen port is taken (checked
+        first: a server that cannot bind it exits, and waiting for its port would find
+        the other program's listener there and take it for ours)."""
+        for server, embedded in (("Redis", self.redis), ("PostgreSQL", self.postgres)):
+            if embedded is not None and _port_taken(embedded.port):
+                raise PortInUse(server, embedded.port)
         try:
             if self.redis is not None:
                 self.redis.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 
 import asyncpg
@@ -72,6 +73,24 @@ def test_cli_check_reports_each_service(redis_url: str, database_url: str) -> No
     assert "redis     FAILED" in bad.stdout
 
 
+@pytest.mark.parametrize("option", ["--port-redis", "--port-postgres"])
+def test_cli_dev_on_a_port_another_program_listens_on_says_so_and_starts_nothing(
+    option: str,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = cli("dev", option, str(port))
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"Error: {'Redis' if option == '--port-redis' else 'PostgreSQL'}'s port {port} is in "
+        f"use by another program: choose another with {option}, or leave {option} out for "
+        "a free one"
+    ]
+
+
 @pytest.mark.slow
 def test_cli_dev_starts_services_and_prints_their_variables() -> None:
     dev = ServiceProcess([sys.executable, "-m", "asyncjobs", "dev"], {}, ready="# Ctrl-C", cwd=ROOT)
@@ -89,3 +108,12 @@ def test_cli_dev_starts_services_and_prints_their_variables() -> None:
     finally:
         code = dev.stop(timeout=30)
     assert code == 0, dev.output
+
+
+def test_a_command_group_without_a_command_prints_its_help_listing_them() -> None:
+    done = cli("jobs")
+    assert done.returncode == 2  # as click: no command was given
+    assert done.stderr == ""
+    assert done.stdout.startswith("Usage: ")
+    for command in ("disable", "enable", "list", "throttle", "cancel"):
+        assert f"\n  {command} " in done.stdout

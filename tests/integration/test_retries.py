@@ -139,11 +139,16 @@ async def test_dead_letter_cli_in_a_subprocess(
     with WorkerProcess(env, cwd=ROOT) as worker:
         await migrated.enqueue(doomed, 1)
         await migrated.enqueue(fixable, 2)
-        await wait_for_event(worker, "job.dead", count=2)
+        await migrated.enqueue(doomed, "3\nsecond line")  # an error of two lines
+        await wait_for_event(worker, "job.dead", count=3)
         listing = cli("dead", "list", env=env)
         assert listing.returncode == 0, listing.stderr
         assert "doomed" in listing.stdout
         assert "ValueError: doomed 1" in listing.stdout
+        assert "ValueError: doomed 3 second line" in listing.stdout  # one row each
+        assert len(listing.stdout.strip().splitlines()) == 1 + 3
+        (two_lines,) = [d for d in await migrated.dead.list() if d.args == ["3\nsecond line"]]
+        await migrated.dead.remove(two_lines.id)  # the rest of the test counts the other two
         letters = {d.job_name: d for d in await migrated.dead.list()}
         shown = cli("dead", "show", str(letters["doomed"].id), env=env)
         assert "arguments:     [1] {}" in shown.stdout

@@ -4,6 +4,7 @@ and bad input that stores nothing (asyncjobs._controls)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -133,7 +134,7 @@ async def test_a_paused_queues_jobs_wait_while_other_queues_run_and_start_after_
 
 
 async def test_a_malformed_rate_or_an_unknown_job_is_one_clear_error_and_stores_nothing(
-    app: App, database_url: str
+    app: App, database_url: str, env: dict[str, str]
 ) -> None:
     await app.migrate()
     for rate, says in [
@@ -144,6 +145,12 @@ async def test_a_malformed_rate_or_an_unknown_job_is_one_clear_error_and_stores_
     ]:
         with pytest.raises(ControlError, match=says):
             await app.flags.throttle("throttled_stamp", rate)
+        # On the command line a malformed rate is a wrong command line: status 2.
+        done = await asyncio.to_thread(cli, "jobs", "throttle", "throttled_stamp", rate, env=env)
+        assert done.returncode == 2, done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert line.startswith("Error: ")
+        assert says in line
     with pytest.raises(ControlError, match="no job named 'no_such_job'"):
         await app.flags.throttle("no_such_job", "10/s")
     conn = await asyncpg.connect(database_url)

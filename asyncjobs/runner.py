@@ -165,9 +165,6 @@ class Worker:
         self.app = app
         self.queues = tuple(queues) if queues else default_queues(app)
         self.max_jobs = max_jobs if max_jobs is not None else settings.max_jobs
-        self._claim_batch = max(1, self.max_jobs // 2)
-        """The most one claim takes: half the slots, so that the next claim can be in flight
-        while a batch runs (see :meth:`_claim_loop`)."""
         self.poll_delay = poll_delay if poll_delay is not None else settings.poll_delay
         self.heartbeat = heartbeat if heartbeat is not None else settings.heartbeat
         self.shutdown_grace = (
@@ -427,7 +424,9 @@ class Worker:
                 await self._slot_free.wait()
                 self.health.full = False
                 continue
-            want = min(free, CLAIM_MAX, self._claim_batch)
+            # Half the slots at most, so that the next claim can be in flight while
+            # this batch runs (below).
+            want = min(free, CLAIM_MAX, max(1, self.max_jobs // 2))
             controls = self.app.flags.controls_now()
             queues = self._claimable(controls)
             if not queues:  # every queue is paused: wait for a resume (or a stop)
